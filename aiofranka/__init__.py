@@ -1,0 +1,77 @@
+"""aiofranka: an asyncio-native 1 kHz control framework for Franka FR3 arms.
+
+``import aiofranka`` stays light: pylibfranka, ruckig and the simulator are
+imported when the objects that need them are first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .exceptions import (
+    AiofrankaError,
+    CommandError,
+    ControlLawError,
+    ControllerStateError,
+    ControllerStoppedError,
+    InvalidOperationError,
+    MissingDependencyError,
+    MotionTimeoutError,
+    RealtimeError,
+    ReflexError,
+    RobotConnectionError,
+    RobotError,
+    SimulatorError,
+)
+from .timing import LoopStats, Summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AiofrankaError",
+    "CommandError",
+    "ControlLawError",
+    "Controller",
+    "ControllerStateError",
+    "ControllerStoppedError",
+    "InvalidOperationError",
+    "LoopStats",
+    "MissingDependencyError",
+    "MotionTimeoutError",
+    "RealtimeError",
+    "ReflexError",
+    "Robot",
+    "RobotConnectionError",
+    "RobotError",
+    "RobotState",
+    "SimulatorError",
+    "Simulator",
+    "Summary",
+    "__version__",
+]
+
+_LAZY = {
+    "Controller": ".controller",
+    "Robot": ".robot",
+    "RobotState": ".robot",
+    "Simulator": ".sim",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .controller import Controller
+    from .robot import Robot, RobotState
+    from .sim import Simulator
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aiofranka' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,672 @@
+"""The asyncio Controller: a 1 kHz torque loop that lives on the event loop.
+
+The loop is a coroutine clocked by the robot's own state packets: each cycle
+blocks in ``readOnce()`` until the next state arrives, computes the torque of
+the active law from preallocated arrays, passes it through the safety filter
+(rate limit, saturation, joint-limit guard), writes it, records its figures and
+yields to the other coroutines.
+
+One cycle is :meth:`Controller._cycle`: a plain synchronous method that reads,
+computes and writes with whatever latest targets and gains are published. The
+coroutine drives it; nothing in it depends on being called from the event
+loop, so another driver (a guardian thread, a different wait strategy) can take
+a cycle over without a second copy of the control path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from . import control, limits, validation
+from .exceptions import (
+    AiofrankaError,
+    ControlLawError,
+    ControllerStateError,
+    ControllerStoppedError,
+    MotionTimeoutError,
+    translate,
+)
+from .robot import Robot, RobotState, StateBuffer
+from .timing import LoopStats, SampleRing
+from .trajectory import plan_joint_motion
+
+__all__ = ["Controller", "MODES"]
+
+#: Control modes accepted by :meth:`Controller.switch`.
+MODES = ("impedance", "osc", "torque")
+
+_IMPEDANCE, _OSC, _TORQUE = range(3)
+_MODE_INDEX = {name: i for i, name in enumerate(MODES)}
+
+# Defaults: joint gains of libfranka's joint impedance example; OSC gains in
+# task acceleration units (1/s^2, 1/s) because the law scales them by Lambda.
+DEFAULT_KP = (600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0)
+DEFAULT_KD = (50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0)
+DEFAULT_EE_KP = (400.0, 400.0, 400.0, 400.0, 400.0, 400.0)
+DEFAULT_EE_KD = (40.0, 40.0, 40.0, 40.0, 40.0, 40.0)
+DEFAULT_NULL_KP = (10.0, 10.0, 10.0, 10.0, 5.0, 5.0, 2.0)
+DEFAULT_NULL_KD = (2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.5)
+
+_GAINS = {"kp": 7, "kd": 7, "ee_kp": 6, "ee_kd": 6, "null_kp": 7, "null_kd": 7}
+_TARGETS = ("q_desired", "ee_desired", "torque")
+SETTABLE = tuple(_GAINS) + _TARGETS
+
+
+class _Waiter:
+    """A future resolved by the loop once the robot clock reaches ``deadline_ms``."""
+
+    __slots__ = ("deadline_ms", "future")
+
+    def __init__(self, deadline_ms: float, future: asyncio.Future) -> None:
+        self.deadline_ms = deadline_ms
+        self.future = future
+
+
+class Controller:
+    """A 1 kHz torque / impedance controller whose loop runs on the asyncio event loop.
+
+    Modes (see :meth:`switch`): ``"impedance"`` (joint impedance: ``kp``,
+    ``kd``, ``q_desired``), ``"osc"`` (operational-space impedance: ``ee_kp``,
+    ``ee_kd``, ``ee_desired``, with a null-space pull towards ``q_desired``
+    weighted by ``null_kp``, ``null_kd``) and ``"torque"`` (raw ``torque``).
+    Every mode passes through the same safety filter.
+
+    Gains and targets are attributes: assigning one validates it (shape,
+    finiteness, sign, a proper rotation for poses, joint limits) and publishes
+    it whole for the next cycle.
+
+    Keyword-only options:
+
+    * ``mode``: the mode to start in (default ``"impedance"``).
+    * ``torque_rate_limit``: largest change of commanded torque per cycle (N m,
+      default 0.95; the robot tolerates < 1).
+    * ``joint_limit_margin``, ``joint_limit_stiffness``, ``joint_limit_damping``:
+      the guard band near joint limits (rad, N m/rad, N m s/rad).
+    * ``stop_ramp``: seconds over which the law's torque is faded to zero on stop.
+    * ``switch_interval``: ``sys.setswitchinterval`` while running (seconds;
+      restored on stop), so threads get the GIL often enough (see the timing docs).
+    * ``stats_window``: samples kept for the compute and period percentiles.
+
+    Example::
+
+        import asyncio
+        from aiofranka import Controller, Robot
+
+        async def main():
+            with Robot() as robot:              # the embedded simulator
+                async with Controller(robot) as controller:
+                    q = controller.state.q
+                    q[0] += 0.2
+                    await controller.move(q)
+                    print(controller.stats.table())
+
+        asyncio.run(main())
+    """
+
+    def __init__(self, robot: Robot, *, mode: str = "impedance", torque_rate_limit: float = 0.95,
+                 joint_limit_margin: float = 0.1, joint_limit_stiffness: float = 100.0,
+                 joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 2e-4,
+                 stats_window: int = 60_000) -> None:
+        if not isinstance(robot, Robot):
+            raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
+        self._robot = robot
+        self._mode = self._mode_index(mode)
+        rate = validation.positive("torque_rate_limit", torque_rate_limit, upper=limits.DTAU_MAX_PER_CYCLE)
+        self._dtau_max = np.full(7, rate)
+        self._tau_max = np.array(limits.TAU_MAX)
+        self.joint_limit_margin = validation.positive("joint_limit_margin", joint_limit_margin, upper=0.5)
+        self.joint_limit_stiffness = float(validation.gains("joint_limit_stiffness", joint_limit_stiffness, 1)[0])
+        self.joint_limit_damping = float(validation.gains("joint_limit_damping", joint_limit_damping, 1)[0])
+        self._q_min = tuple(limits.Q_MIN.tolist())
+        self._q_max = tuple(limits.Q_MAX.tolist())
+        self.stop_ramp = validation.positive("stop_ramp", stop_ramp, upper=5.0)
+        self.switch_interval = validation.positive("switch_interval", switch_interval, upper=0.1)
+
+        # Gains and targets: read-only arrays, replaced whole on assignment.
+        self._kp = validation.gains("kp", DEFAULT_KP, 7)
+        self._kd = validation.gains("kd", DEFAULT_KD, 7)
+        self._ee_kp = validation.gains("ee_kp", DEFAULT_EE_KP, 6)
+        self._ee_kd = validation.gains("ee_kd", DEFAULT_EE_KD, 6)
+        self._null_kp = validation.gains("null_kp", DEFAULT_NULL_KP, 7)
+        self._null_kd = validation.gains("null_kd", DEFAULT_NULL_KD, 7)
+        self._q_desired = validation.vector("q_desired", limits.Q_HOME, 7)
+        self._dq_desired = np.zeros(7)
+        self._zero7 = np.zeros(7)
+        self._ee_desired = validation.pose("ee_desired", np.eye(4))
+        self._torque = validation.torques("torque", np.zeros(7))
+
+        # Loop storage, allocated once.
+        self._buf = StateBuffer()
+        self._ws = control.Workspace()
+        self._tau_desired = np.zeros(7)
+        self._tau_command = self._buf.tau_command
+        self._tau_last = np.zeros(7)
+        self._compute_ns = SampleRing(stats_window)
+        self._period_ns = SampleRing(stats_window)
+
+        self._task: asyncio.Task | None = None
+        self._ctl = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._stop_requested = False
+        self._closed = False
+        self._waiters: list[_Waiter] = []
+        self._next_wake_ms = math.inf
+        self._traj = None
+        self._traj_k = 0
+        self._traj_done: asyncio.Future | None = None
+        self._set_period_ms: float | None = None
+        self._next_set_ms: float | None = None
+        self._saved_switch_interval: float | None = None
+        self._law_error: BaseException | None = None
+        self._ramp_left = -1
+        self._ramp_total = 1
+        self._reset_figures()
+
+    # -- validation helpers -------------------------------------------------
+
+    @staticmethod
+    def _mode_index(mode: str) -> int:
+        if mode not in _MODE_INDEX:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return _MODE_INDEX[mode]
+
+    def _validate(self, name: str, value) -> np.ndarray:
+        if name in _GAINS:
+            return validation.gains(name, value, _GAINS[name])
+        if name == "q_desired":
+            return validation.joint_positions("q_desired", value)
+        if name == "ee_desired":
+            return validation.pose("ee_desired", value)
+        if name == "torque":
+            return validation.torques("torque", value)
+        raise ValueError(f"name must be one of {SETTABLE}, got {name!r}")
+
+    def _assign(self, name: str, array: np.ndarray) -> None:
+        if name == "q_desired":
+            self._cancel_trajectory("q_desired was assigned")
+        setattr(self, "_" + name, array)
+
+    # -- gains and targets as validated attributes ---------------------------
+
+    def _make_property(name: str, doc: str):  # noqa: N805 - class-body helper
+        def getter(self) -> np.ndarray:
+            return getattr(self, "_" + name)
+
+        def setter(self, value) -> None:
+            self._assign(name, self._validate(name, value))
+
+        return property(getter, setter, doc=doc)
+
+    kp = _make_property("kp", "Joint stiffness, (7,) N m/rad (impedance mode).")
+    kd = _make_property("kd", "Joint damping, (7,) N m s/rad (impedance mode).")
+    ee_kp = _make_property("ee_kp", "Task stiffness (x, y, z, rx, ry, rz), (6,) 1/s^2 (osc mode).")
+    ee_kd = _make_property("ee_kd", "Task damping, (6,) 1/s (osc mode).")
+    null_kp = _make_property("null_kp", "Null-space posture stiffness, (7,) N m/rad (osc mode).")
+    null_kd = _make_property("null_kd", "Null-space posture damping, (7,) N m s/rad (osc mode).")
+    q_desired = _make_property(
+        "q_desired", "Joint target (rad): the impedance set point, and the posture of the osc null space.")
+    ee_desired = _make_property("ee_desired", "End-effector target pose, 4x4 in the base frame (osc mode).")
+    torque = _make_property("torque", "Commanded joint torques, (7,) N m (torque mode; still rate-limited).")
+    del _make_property
+
+    @property
+    def mode(self) -> str:
+        """The active control mode."""
+        return MODES[self._mode]
+
+    def switch(self, mode: str) -> None:
+        """Change the control mode, re-targeting to the current pose so nothing jumps.
+
+        ``q_desired`` and ``ee_desired`` become the current joint positions and
+        pose, ``torque`` becomes zero, and a running ``move()`` is interrupted.
+        """
+        index = self._mode_index(mode)
+        self._raise_stored_error()
+        self._cancel_trajectory(f"switch({mode!r}) was called")
+        self._retarget()
+        self._mode = index
+
+    def _retarget(self) -> None:
+        buf = self._buf
+        self._q_desired = validation.vector("q_desired", buf.q, 7)
+        self._dq_desired = self._zero7
+        self._ee_desired = validation.pose("ee_desired", buf.ee)
+        self._torque = validation.torques("torque", np.zeros(7))
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the loop is commanding the robot."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start the 1 kHz loop; returns once the first command has been written.
+
+        Recovers from a previous reflex first. Targets are set to the current
+        pose, and the torque starts from zero, so the arm does not jump.
+        """
+        if self._closed:
+            raise ControllerStateError("this controller was closed; create a new one")
+        if self.running:
+            raise ControllerStateError("the controller is already running")
+        loop = asyncio.get_running_loop()
+        self._error = None
+        robot = self._robot
+        if robot.in_reflex():
+            robot.recover()
+        self._ctl = robot.start_torque_control()
+        self._loop = loop
+        self._stop_requested = False
+        self._tau_last[:] = 0.0
+        self._tau_command[:] = 0.0
+        self._reset_figures()
+        self._saved_switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(self.switch_interval)
+        first = loop.create_future()
+        self._task = loop.create_task(self._run(first), name="aiofranka-control-loop")
+        await first
+        self._raise_stored_error()
+
+    async def stop(self) -> None:
+        """Ramp the torque down to zero, end the session, and raise any loop error.
+
+        Idempotent: a second call returns at once (or raises nothing further).
+        If the loop died with an error, that error is raised here (once).
+        """
+        task = self._task
+        if task is not None and not task.done():
+            self._stop_requested = True
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    raise
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    async def close(self) -> None:
+        """Stop (if running) and refuse further starts. Idempotent."""
+        try:
+            await self.stop()
+        finally:
+            self._closed = True
+
+    async def __aenter__(self) -> "Controller":
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            await self.stop()
+            return
+        # Never mask the body's exception with the loop's.
+        try:
+            await self.stop()
+        except Exception as stop_error:
+            if stop_error is not exc and hasattr(exc, "add_note"):
+                exc.add_note(f"aiofranka: stopping the controller also raised {stop_error!r}")
+
+    # -- waiting and rate-limited updates --------------------------------------
+
+    def _raise_stored_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _require_running(self) -> None:
+        self._raise_stored_error()
+        if not self.running:
+            raise ControllerStateError("the controller is not running; await controller.start() first")
+
+    def _wait_robot_ms(self, deadline_ms: float) -> asyncio.Future:
+        future = self._loop.create_future()
+        self._waiters.append(_Waiter(deadline_ms, future))
+        if deadline_ms < self._next_wake_ms:
+            self._next_wake_ms = deadline_ms
+        return future
+
+    async def _await_loop(self, future: asyncio.Future) -> None:
+        try:
+            await future
+        except ControllerStoppedError:
+            self._raise_stored_error()
+            raise
+
+    async def wait(self, duration: float) -> None:
+        """Sleep ``duration`` seconds of robot time; raises if the loop dies meanwhile."""
+        if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration >= 0):
+            raise ValueError(f"duration must be a finite number >= 0, got {duration!r}")
+        self._require_running()
+        await self._await_loop(self._wait_robot_ms(self._buf.time_ms + duration * 1000.0))
+
+    def set_freq(self, hz: float | None) -> None:
+        """Pace :meth:`set` at ``hz`` on the robot clock (``None``: no pacing)."""
+        if hz is None:
+            self._set_period_ms = None
+        else:
+            self._set_period_ms = 1000.0 / validation.positive("hz", hz, upper=1000.0)
+        self._next_set_ms = None
+
+    async def set(self, name: str, value) -> None:
+        """Validate and publish a gain or target, paced by :meth:`set_freq`.
+
+        With a frequency set, each call returns at the next tick of a fixed
+        grid on the robot clock (drift-free: the grid does not move with call
+        jitter); after an overrun the grid skips the missed ticks instead of
+        bursting.
+        """
+        array = self._validate(name, value)
+        self._require_running()
+        period = self._set_period_ms
+        if period is not None:
+            now = self._buf.time_ms
+            tick = self._next_set_ms if self._next_set_ms is not None else float(now)
+            if tick > now:
+                await self._await_loop(self._wait_robot_ms(tick))
+            now = self._buf.time_ms
+            tick += period
+            if tick <= now:  # overran: skip the ticks already missed
+                tick += period * math.ceil((now - tick) / period + 1e-9)
+            self._next_set_ms = tick
+        self._assign(name, array)
+
+    # -- motion ----------------------------------------------------------------
+
+    async def move(self, q, *, speed: float = 0.3, tolerance: float = 0.01, timeout: float | None = None) -> None:
+        """Move to joint positions ``q`` on a jerk-limited trajectory; return on arrival.
+
+        The trajectory (ruckig) respects ``speed`` times the FR3 velocity,
+        acceleration and jerk limits and is tracked in impedance mode (the
+        controller switches to it). Returns when the trajectory is finished and
+        every joint is within ``tolerance`` rad of ``q``; raises
+        :class:`MotionTimeoutError` after ``timeout`` seconds (default: the
+        trajectory's duration plus 2 s), and :class:`ControllerStoppedError` if
+        the controller stops or another command interrupts the motion.
+        """
+        target = validation.joint_positions("q", q)
+        speed = validation.positive("speed", speed, upper=1.0)
+        tolerance = validation.positive("tolerance", tolerance)
+        if timeout is not None:
+            timeout = validation.positive("timeout", timeout)
+        self._require_running()
+        trajectory = plan_joint_motion(self._buf.q, self._buf.dq, target, speed=speed)
+        await trajectory.sample()
+        self._require_running()
+        if self._mode != _IMPEDANCE:
+            self.switch("impedance")
+        self._cancel_trajectory("a new move() started")
+        done = self._loop.create_future()
+        self._traj_done = done
+        self._traj_k = 0
+        self._traj = trajectory
+        limit = timeout if timeout is not None else trajectory.duration + 2.0
+        deadline = time.monotonic() + limit
+        try:
+            await asyncio.wait_for(asyncio.shield(done), limit)
+            while np.max(np.abs(self._buf.q - target)) > tolerance:
+                if time.monotonic() > deadline:
+                    raise asyncio.TimeoutError
+                await self._await_loop(self._wait_robot_ms(self._buf.time_ms + 5))
+        except asyncio.TimeoutError:
+            self._raise_stored_error()
+            error = np.max(np.abs(self._buf.q - target))
+            raise MotionTimeoutError(
+                f"move() did not arrive within {limit:.2f} s (largest joint error {error:.4f} rad)") from None
+        except ControllerStoppedError:
+            self._raise_stored_error()
+            raise
+
+    def _cancel_trajectory(self, reason: str) -> None:
+        if self._traj is None:
+            return
+        self._traj = None
+        self._dq_desired = self._zero7
+        done = self._traj_done
+        if done is not None and not done.done():
+            done.set_exception(ControllerStoppedError(f"move() was interrupted: {reason}"))
+            done.exception()  # mark retrieved: the mover may already be gone
+
+    # -- state and figures -------------------------------------------------
+
+    @property
+    def state(self) -> RobotState:
+        """A consistent snapshot of the latest state (copies; safe to keep)."""
+        if self._buf.raw is None:
+            return self._robot.read()
+        return self._buf.snapshot(self._robot.model)
+
+    @property
+    def stats(self) -> LoopStats:
+        """A frozen snapshot of the loop's figures since the last start."""
+        wall = (time.monotonic_ns() - self._wall_start_ns) / 1e9 if self._wall_start_ns else 0.0
+        robot_time = (self._buf.time_ms - self._robot_start_ms) / 1000.0 if self._robot_start_ms >= 0 else 0.0
+        return LoopStats(
+            cycles=self._cycles,
+            lost_cycles=self._lost,
+            min_success_rate=self._min_success if self._cycles else float("nan"),
+            compute=self._compute_ns.summary(),
+            period=self._period_ns.summary(),
+            robot_time_s=robot_time,
+            wall_time_s=wall,
+            mode=self.mode,
+            switch_interval_s=self.switch_interval,
+        )
+
+    def _reset_figures(self) -> None:
+        self._cycles = 0
+        self._lost = 0
+        self._min_success = 1.0
+        self._last_time_ms = -1
+        self._last_read_ns = 0
+        self._robot_start_ms = -1
+        self._wall_start_ns = 0
+        self._compute_ns.clear()
+        self._period_ns.clear()
+
+    # -- the loop --------------------------------------------------------------
+
+    async def _run(self, first: asyncio.Future) -> None:
+        ctl = self._ctl
+        error: BaseException | None = None
+        self._wall_start_ns = time.monotonic_ns()
+        try:
+            if self._cycle(ctl, initial=True):
+                return
+            first.set_result(None)
+            sleep = asyncio.sleep
+            cycle = self._cycle
+            while True:
+                await sleep(0)
+                if cycle(ctl):
+                    break
+        except asyncio.CancelledError as exc:
+            # Cancelled from outside: finish the session synchronously so the
+            # arm is not left with a stale torque.
+            error = ControllerStoppedError("the control loop task was cancelled")
+            self._emergency_ramp(ctl)
+            raise exc
+        except BaseException as exc:  # noqa: BLE001 - stored and re-raised to the user
+            error = self._as_user_error(exc)
+            if translate(exc) is exc:
+                # Not the robot ending the session (reflex, network): our own
+                # fault mid-cycle. The session is still open, so ramp it down.
+                self._emergency_ramp(ctl)
+        finally:
+            if error is None and self._law_error is not None:
+                error = self._law_error
+            self._finish(error, first)
+
+    def _as_user_error(self, exc: BaseException) -> BaseException:
+        mapped = translate(exc)
+        if mapped is not exc:
+            mapped.__cause__ = exc
+            return mapped
+        if isinstance(exc, AiofrankaError):
+            return exc
+        wrapped = ControlLawError(f"the control loop raised {exc!r}")
+        wrapped.__cause__ = exc
+        return wrapped
+
+    def _finish(self, error: BaseException | None, first: asyncio.Future) -> None:
+        self._ctl = None
+        self._traj = None
+        if self._saved_switch_interval is not None:
+            sys.setswitchinterval(self._saved_switch_interval)
+            self._saved_switch_interval = None
+        if error is not None:
+            self._error = error
+        if not first.done():
+            if error is not None:
+                first.set_exception(error)
+                first.exception()
+            else:
+                first.set_result(None)
+        stopped = ControllerStoppedError("the controller stopped")
+        if error is not None:
+            stopped.__cause__ = error
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(stopped)
+                waiter.future.exception()
+        self._waiters.clear()
+        self._next_wake_ms = math.inf
+        if self._traj_done is not None and not self._traj_done.done():
+            self._traj_done.set_exception(stopped)
+            self._traj_done.exception()
+
+    def _emergency_ramp(self, ctl) -> None:
+        """Bring the command to zero at the rate limit, blocking; best effort."""
+        if ctl is None:
+            return
+        try:
+            tau = self._tau_last
+            torques = self._robot.torques
+            for _ in range(200):
+                ctl.readOnce()
+                np.clip(tau, -self._dtau_max, self._dtau_max, out=self._tau_desired)
+                tau -= self._tau_desired
+                command = torques(tau.tolist())
+                finished = not tau.any()
+                command.motion_finished = finished
+                ctl.writeOnce(command)
+                if finished:
+                    return
+        except Exception:  # noqa: BLE001 - the session is already ending; the robot holds
+            return
+
+    def _cycle(self, ctl, initial: bool = False) -> bool:
+        """One read -> compute -> safety -> write cycle. Returns True when the session ended."""
+        state, _ = ctl.readOnce()
+        t_read = time.perf_counter_ns()
+        buf = self._buf
+        buf.fill(state)
+        now = buf.time_ms
+        if initial:
+            self._retarget()
+            self._robot_start_ms = now
+            self._law_error = None
+            self._ramp_left = -1
+        else:
+            gap = now - self._last_time_ms - 1
+            if gap > 0:
+                self._lost += gap
+            self._period_ns.push(t_read - self._last_read_ns)
+        self._last_time_ms = now
+        self._last_read_ns = t_read
+        if buf.success_rate < self._min_success and self._cycles >= 100:
+            self._min_success = buf.success_rate
+
+        tau = self._tau_desired
+        ok = self._law_error is None
+        if ok:
+            try:
+                self._compute(tau)
+            except Exception as exc:  # noqa: BLE001 - reported from the next await
+                wrapped = ControlLawError(f"the {self.mode} law raised {exc!r}; ramping down")
+                wrapped.__cause__ = exc
+                self._law_error = wrapped
+                self._stop_requested = True
+                ok = False
+        if not ok:
+            tau[:] = 0.0
+        elif self._stop_requested:
+            if self._ramp_left < 0:
+                self._ramp_left = max(1, int(self.stop_ramp * 1000.0))
+                self._ramp_total = self._ramp_left
+            self._ramp_left = max(0, self._ramp_left - 1)
+            tau *= self._ramp_left / self._ramp_total
+        command = self._tau_command
+        if not control.safety_filter(tau, self._tau_last, self._dtau_max, self._tau_max, command):
+            self._law_error = ControlLawError(f"the {self.mode} law produced a non-finite torque; ramping down")
+            self._stop_requested = True
+        finished = self._stop_requested and self._ramp_left <= 0 and not command.any()
+        if self._law_error is not None:
+            finished = not command.any()
+        torques = self._robot.torques(command.tolist())
+        if finished:
+            torques.motion_finished = True
+        self._compute_ns.push(time.perf_counter_ns() - t_read)
+        ctl.writeOnce(torques)
+        self._tau_last[:] = command
+        self._cycles += 1
+        if now >= self._next_wake_ms:
+            self._wake(now)
+        return finished
+
+    def _compute(self, tau: np.ndarray) -> None:
+        buf = self._buf
+        mode = self._mode
+        traj = self._traj
+        if traj is not None:
+            k = self._traj_k
+            q_desired = traj.position_rows[k]
+            dq_desired = traj.velocity_rows[k]
+            if k + 1 < traj.n:
+                self._traj_k = k + 1
+            else:
+                self._q_desired = validation.vector("q_desired", traj.target, 7)
+                self._traj = None
+                done = self._traj_done
+                if done is not None and not done.done():
+                    done.set_result(None)
+        else:
+            q_desired = self._q_desired
+            dq_desired = self._dq_desired
+        if mode == _IMPEDANCE:
+            control.joint_impedance(buf.q, buf.dq, q_desired, dq_desired, self._kp, self._kd, self._ws, tau)
+        elif mode == _OSC:
+            buf.fill_dynamics(self._robot.model)
+            control.osc(buf.q, buf.dq, buf.ee, buf.jacobian, buf.mass, self._ee_desired, self._ee_kp, self._ee_kd,
+                        q_desired, self._null_kp, self._null_kd, self._ws, tau)
+        else:
+            tau[:] = self._torque
+        control.joint_limit_guard(buf.q, buf.dq, self._q_min, self._q_max, self.joint_limit_margin,
+                                  self.joint_limit_stiffness, self.joint_limit_damping, tau)
+
+    def _wake(self, now: int) -> None:
+        nearest = math.inf
+        keep = []
+        for waiter in self._waiters:
+            if waiter.deadline_ms <= now:
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
+            else:
+                keep.append(waiter)
+                nearest = min(nearest, waiter.deadline_ms)
+        self._waiters[:] = keep
+        self._next_wake_ms = nearest
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Controller {self.mode} {state} on {self._robot!r}>"
+
+    def _debug_targets(self) -> dict[str, Any]:  # pragma: no cover - interactive aid
+        return {name: getattr(self, name) for name in SETTABLE}

@@ -1,0 +1,152 @@
+"""The aiofranka exception tree.
+
+Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
+
+    AiofrankaError
+    ├── RobotError                 the robot (or libfranka) refused or failed
+    │   ├── ReflexError            the robot stopped with a reflex; ``.errors`` names it
+    │   ├── CommandError           a non-realtime command was rejected
+    │   ├── RealtimeError          the real-time setup is not possible here
+    │   └── InvalidOperationError  the call is not allowed in the robot's current state
+    ├── RobotConnectionError       the connection is gone (also a builtin ``ConnectionError``)
+    ├── ControlLawError            a control law raised inside the 1 kHz loop
+    ├── ControllerStateError       the call does not fit the controller's lifecycle
+    │   └── ControllerStoppedError the controller stopped while the call waited
+    ├── MotionTimeoutError         ``move()`` did not arrive in time (also ``TimeoutError``)
+    └── SimulatorError             the embedded simulator could not start or died
+    └── MissingDependencyError     an optional extra is not installed (also ``ImportError``)
+
+Bad values handed in by the user raise the builtin ``ValueError`` (or
+``TypeError``) with the parameter's name in the message.
+
+pylibfranka's exceptions share no common base; :func:`translate_libfranka` maps
+each of them onto this tree in one place, keeping the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Iterator
+
+__all__ = [
+    "AiofrankaError",
+    "CommandError",
+    "ControlLawError",
+    "ControllerStateError",
+    "ControllerStoppedError",
+    "InvalidOperationError",
+    "MissingDependencyError",
+    "MotionTimeoutError",
+    "RealtimeError",
+    "ReflexError",
+    "RobotConnectionError",
+    "RobotError",
+    "SimulatorError",
+    "translate_libfranka",
+]
+
+
+class AiofrankaError(Exception):
+    """Base class of every error aiofranka raises on purpose."""
+
+
+class RobotError(AiofrankaError):
+    """The robot or libfranka reported a failure."""
+
+
+class ReflexError(RobotError):
+    """The robot aborted the motion with a reflex.
+
+    ``errors`` lists the libfranka error names, e.g.
+    ``["communication_constraints_violation"]``.
+    """
+
+    def __init__(self, message: str, errors: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.errors: tuple[str, ...] = tuple(errors)
+
+
+class CommandError(RobotError):
+    """A non-realtime command (connect, recovery, settings) was rejected."""
+
+
+class RealtimeError(RobotError):
+    """Real-time scheduling was required but is not available."""
+
+
+class InvalidOperationError(RobotError):
+    """The operation is not allowed in the robot's current state."""
+
+
+class RobotConnectionError(AiofrankaError, ConnectionError):
+    """The connection to the robot (or simulator) failed or was lost."""
+
+
+class ControlLawError(AiofrankaError):
+    """A control law raised inside the loop; the original is ``__cause__``."""
+
+
+class ControllerStateError(AiofrankaError):
+    """The call does not fit the controller's lifecycle (e.g. not running, closed)."""
+
+
+class ControllerStoppedError(ControllerStateError):
+    """The controller stopped while this call was waiting on it."""
+
+
+class MotionTimeoutError(AiofrankaError, TimeoutError):
+    """A motion did not reach its goal within the allowed time."""
+
+
+class SimulatorError(AiofrankaError):
+    """The embedded simulator could not be started or stopped working."""
+
+
+class MissingDependencyError(AiofrankaError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+_ERROR_LIST = re.compile(r"\[([^\]]*)\]")
+
+
+def reflex_names(text: str) -> list[str]:
+    """Extract libfranka error names from a message such as ``... ["a", "b"]``."""
+    match = _ERROR_LIST.search(text)
+    if not match:
+        return []
+    return [name.strip().strip('"').strip("'") for name in match.group(1).split(",") if name.strip()]
+
+
+def translate(exc: BaseException) -> BaseException:
+    """Return the aiofranka exception for a pylibfranka one (or ``exc`` itself)."""
+    name = type(exc).__name__
+    message = str(exc)
+    if name == "ControlException":
+        errors = reflex_names(message)
+        return ReflexError(message, errors) if errors or "reflex" in message else RobotError(message)
+    if name == "NetworkException":
+        return RobotConnectionError(message)
+    if name == "CommandException":
+        return CommandError(message)
+    if name == "RealtimeException":
+        return RealtimeError(message)
+    if name == "InvalidOperationException":
+        return InvalidOperationError(message)
+    if name in ("FrankaException", "IncompatibleVersionException", "ModelException", "ProtocolException"):
+        return RobotError(message)
+    return exc
+
+
+@contextlib.contextmanager
+def translate_libfranka() -> Iterator[None]:
+    """Re-raise pylibfranka exceptions as aiofranka ones, chained with ``from``."""
+    try:
+        yield
+    except AiofrankaError:
+        raise
+    except RuntimeError as exc:
+        mapped = translate(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc

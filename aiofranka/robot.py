@@ -1,0 +1,280 @@
+"""The connection to an FR3 (or the embedded simulator) over pylibfranka.
+
+:class:`Robot` is the one seam between aiofranka and the arm: everything that
+talks to libfranka goes through it, and every pylibfranka exception is
+translated here (see :mod:`aiofranka.exceptions`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+import numpy as np
+
+from .exceptions import MissingDependencyError, RobotConnectionError, translate_libfranka
+
+__all__ = ["Robot", "RobotState"]
+
+
+def _pylibfranka():
+    try:
+        import pylibfranka
+    except ImportError as exc:  # pragma: no cover - pylibfranka is a core dependency
+        raise MissingDependencyError("pylibfranka is not installed: pip install aiofranka") from exc
+    return pylibfranka
+
+
+def _has_preempt_rt() -> bool:
+    try:
+        with open("/sys/kernel/realtime") as handle:
+            return handle.read().strip() == "1"
+    except OSError:
+        return "PREEMPT_RT" in os.uname().version
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotState:
+    """A consistent snapshot of the arm (arrays are private copies).
+
+    * ``q``, ``dq``: joint positions (rad) and velocities (rad/s), shape (7,).
+    * ``ee``: end-effector pose in the base frame, 4x4 homogeneous (m).
+    * ``jacobian``: zero Jacobian of the end effector, (6, 7), linear part first.
+    * ``mass``: joint-space mass matrix (7, 7) (kg m^2).
+    * ``tau_ext``: filtered external torque estimate (N m), (7,).
+    * ``tau_measured``: measured link-side joint torques (N m), (7,).
+    * ``tau_command``: the last torque aiofranka commanded (N m), (7,).
+    * ``success_rate``: fraction of the last 100 commands the robot received.
+    * ``time_ms``: the robot's millisecond counter.
+    """
+
+    q: np.ndarray
+    dq: np.ndarray
+    ee: np.ndarray
+    jacobian: np.ndarray
+    mass: np.ndarray
+    tau_ext: np.ndarray
+    tau_measured: np.ndarray
+    tau_command: np.ndarray
+    success_rate: float
+    time_ms: int
+
+
+class StateBuffer:
+    """Preallocated arrays filled from a pylibfranka ``RobotState`` every cycle.
+
+    ``fill`` touches only the fields a cycle needs (joint state, pose, success
+    rate, time); the Jacobian and mass matrix are filled by ``fill_dynamics``
+    when a law needs them, and the torque readings when a snapshot is taken.
+    """
+
+    def __init__(self) -> None:
+        self.q = np.zeros(7)
+        self.dq = np.zeros(7)
+        # Flat storage filled straight from libfranka's column-major lists; the
+        # matrices are transposed views of it, so no copy is needed per cycle.
+        self._ee_flat = np.eye(4).reshape(16)
+        self.ee = self._ee_flat.reshape(4, 4).T
+        self._jac_flat = np.zeros(42)
+        self.jacobian = self._jac_flat.reshape(7, 6).T
+        self._mass_flat = np.zeros(49)
+        self.mass = self._mass_flat.reshape(7, 7).T
+        self.tau_ext = np.zeros(7)
+        self.tau_measured = np.zeros(7)
+        self.tau_command = np.zeros(7)
+        self.success_rate = 0.0
+        self.time_ms = 0
+        self.dynamics_time_ms = -1
+        self.raw = None  # the pylibfranka state the arrays came from
+
+    def fill(self, state) -> None:
+        self.raw = state
+        q = state.q
+        self.q[:] = q
+        self.dq[:] = state.dq
+        self._ee_flat[:] = state.O_T_EE
+        self.success_rate = state.control_command_success_rate
+        self.time_ms = round(state.time.to_sec() * 1000.0)
+
+    def fill_dynamics(self, model) -> None:
+        self._jac_flat[:] = model.zero_jacobian(self.raw)
+        self._mass_flat[:] = model.mass(self.raw)
+        self.dynamics_time_ms = self.time_ms
+
+    def snapshot(self, model=None) -> RobotState:
+        if self.raw is not None:
+            # Torque readings are copied only here: the loop does not need them.
+            self.tau_ext[:] = self.raw.tau_ext_hat_filtered
+            self.tau_measured[:] = self.raw.tau_J
+            if model is not None and self.dynamics_time_ms != self.time_ms:
+                self.fill_dynamics(model)
+        return RobotState(
+            q=self.q.copy(), dq=self.dq.copy(), ee=self.ee.copy(), jacobian=self.jacobian.copy(),
+            mass=self.mass.copy(), tau_ext=self.tau_ext.copy(), tau_measured=self.tau_measured.copy(),
+            tau_command=self.tau_command.copy(), success_rate=float(self.success_rate),
+            time_ms=int(self.time_ms),
+        )
+
+
+class Robot:
+    """A connection to a Franka FR3, or to the embedded simulator.
+
+    ``Robot("172.16.0.2")`` connects to the arm at that address.
+    ``Robot(None)`` (or ``Robot()``) starts the embedded franka-sim simulator
+    on a free loopback address and connects to it; :meth:`close` stops it.
+
+    Keyword-only options:
+
+    * ``realtime``: ``"auto"`` (default) asks libfranka to enforce real-time
+      scheduling only on a PREEMPT_RT kernel and ignores it otherwise;
+      ``True``/``False`` force it.
+    * ``rt_priority``: libfranka promotes the connecting thread to SCHED_FIFO
+      99. aiofranka lowers it to this priority (``None``: back to normal
+      scheduling) and sets SCHED_RESET_ON_FORK so threads created later (torch
+      workers, executors) start with normal scheduling instead of inheriting it.
+    * ``collision_thresholds``: ``(lower_torque, upper_torque, lower_force,
+      upper_force)`` in N m (7 each) and N / N m (6 each).
+    * ``sim``: options for the embedded simulator, as a dict of
+      :class:`~aiofranka.sim.Simulator` keyword arguments (only with ``ip=None``).
+
+    Example::
+
+        robot = Robot()          # embedded simulator
+        print(robot.read().q)
+        robot.close()
+    """
+
+    def __init__(self, ip: str | None = None, *, realtime: bool | str = "auto", rt_priority: int | None = 80,
+                 collision_thresholds=None, sim: dict | None = None) -> None:
+        if ip is not None and (not isinstance(ip, str) or not ip.strip()):
+            raise ValueError(f"ip must be an address string or None, got {ip!r}")
+        if realtime not in ("auto", True, False):
+            raise ValueError(f"realtime must be 'auto', True or False, got {realtime!r}")
+        if rt_priority is not None and not (isinstance(rt_priority, int) and 1 <= rt_priority <= 99):
+            raise ValueError(f"rt_priority must be an int in 1..99 or None, got {rt_priority!r}")
+        if sim is not None and ip is not None:
+            raise ValueError("sim options only apply with ip=None (the embedded simulator)")
+        pf = _pylibfranka()
+        self._pf = pf
+        self.simulator = None
+        if ip is None:
+            from .sim import Simulator
+
+            self.simulator = Simulator(**(sim or {})).start()
+            ip = self.simulator.host
+        self.ip = ip
+        enforce = _has_preempt_rt() if realtime == "auto" else bool(realtime)
+        config = pf.RealtimeConfig.kEnforce if enforce else pf.RealtimeConfig.kIgnore
+        try:
+            with translate_libfranka():
+                self._robot = pf.Robot(ip, config)
+        except BaseException:
+            self._stop_simulator()
+            raise
+        self._fix_scheduling(rt_priority)
+        with translate_libfranka():
+            self.model = self._robot.load_model()
+        if collision_thresholds is not None:
+            self.set_collision_behavior(*collision_thresholds)
+        self._closed = False
+        self._owner_lock = threading.Lock()  # held by whoever drives a control session
+
+    @staticmethod
+    def _fix_scheduling(rt_priority: int | None) -> None:
+        try:
+            if os.sched_getscheduler(0) != os.SCHED_FIFO:
+                return
+            if rt_priority is None:
+                os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+            else:
+                os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
+        except (OSError, AttributeError):  # not Linux, or not permitted: leave it as libfranka set it
+            pass
+
+    # -- plain (non-realtime) commands ------------------------------------
+
+    @property
+    def raw(self):
+        """The underlying ``pylibfranka.Robot`` (for what aiofranka does not wrap)."""
+        self._check_open()
+        return self._robot
+
+    def read(self) -> RobotState:
+        """Read one state outside a control session."""
+        self._check_open()
+        buf = StateBuffer()
+        with translate_libfranka():
+            buf.fill(self._robot.read_once())
+            buf.fill_dynamics(self.model)
+        return buf.snapshot()
+
+    def set_collision_behavior(self, lower_torque, upper_torque, lower_force, upper_force) -> None:
+        """Set collision thresholds (N m for 7 joints, N / N m for 6 Cartesian axes)."""
+        self._check_open()
+        values = []
+        for name, value, n in (("lower_torque", lower_torque, 7), ("upper_torque", upper_torque, 7),
+                               ("lower_force", lower_force, 6), ("upper_force", upper_force, 6)):
+            array = np.asarray(value, dtype=float)
+            if array.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {array.shape}")
+            if not np.all(np.isfinite(array)) or np.any(array <= 0):
+                raise ValueError(f"{name} must be finite and positive")
+            values.append(array.tolist())
+        if np.any(np.asarray(values[0]) > np.asarray(values[1])) or np.any(np.asarray(values[2]) > np.asarray(values[3])):
+            raise ValueError("lower thresholds must not exceed upper thresholds")
+        with translate_libfranka():
+            self._robot.set_collision_behavior(*values)
+
+    def recover(self) -> None:
+        """Clear a reflex (``automatic_error_recovery``)."""
+        self._check_open()
+        with translate_libfranka():
+            self._robot.automatic_error_recovery()
+
+    def in_reflex(self) -> bool:
+        self._check_open()
+        with translate_libfranka():
+            state = self._robot.read_once()
+        return state.robot_mode == self._pf.RobotMode.Reflex
+
+    def start_torque_control(self):
+        """Begin a torque session; returns pylibfranka's active control handle."""
+        self._check_open()
+        with translate_libfranka():
+            return self._robot.start_torque_control()
+
+    def torques(self, values):
+        return self._pf.Torques(values)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", True):
+            raise RobotConnectionError("the robot connection is closed")
+
+    def _stop_simulator(self) -> None:
+        if self.simulator is not None:
+            self.simulator.stop()
+
+    def close(self) -> None:
+        """Drop the connection and stop the embedded simulator, if any. Idempotent."""
+        if getattr(self, "_closed", True) and self.simulator is None:
+            return
+        self._closed = True
+        self._robot = None
+        self._stop_simulator()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Robot":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f"simulator {self.ip}" if self.simulator is not None else self.ip
+        return f"<Robot {where}{' closed' if getattr(self, '_closed', False) else ''}>"

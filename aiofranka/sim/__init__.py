@@ -1,0 +1,218 @@
+"""The embedded simulator: franka-sim as a child process on a loopback address.
+
+franka-sim speaks the real libfranka protocol, so the same pylibfranka code
+path drives it and the real arm. :class:`Simulator` starts it with the
+communication constraints enforced (20 consecutive lost commands abort the
+motion, as on the robot), waits until it accepts connections, and stops it on
+:meth:`Simulator.stop`, at interpreter exit, and when this process dies (the
+child watches its standard input).
+
+Example::
+
+    from aiofranka.sim import Simulator
+
+    with Simulator() as sim:
+        print("robot address:", sim.host)
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+
+from ..exceptions import MissingDependencyError, SimulatorError
+
+__all__ = ["MODEL_PATH", "Simulator"]
+
+MODEL_PATH = Path(__file__).with_name("fr3.xml")
+FCI_PORT = 1337
+
+_live: "weakref.WeakSet[Simulator]" = weakref.WeakSet()
+_pick_lock = threading.Lock()
+
+
+def _stop_all() -> None:
+    for sim in list(_live):
+        sim.stop()
+
+
+atexit.register(_stop_all)
+
+
+def _port_free(host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, FCI_PORT))
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, FCI_PORT))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_host() -> str:
+    """A loopback address whose port 1337 is free (127.0.0.2 ... 127.0.0.254)."""
+    start = 2 + (os.getpid() * 7) % 200
+    for offset in range(253):
+        host = f"127.0.0.{2 + (start - 2 + offset) % 253}"
+        if _port_free(host):
+            return host
+    raise SimulatorError("no free loopback address with port 1337 for the simulator")
+
+
+class Simulator:
+    """franka-sim running in a child process, serving FCI on ``host``:1337.
+
+    Keyword-only options:
+
+    * ``host``: loopback address to bind; ``None`` picks a free one in
+      127.0.0.2-254 so several simulators can coexist.
+    * ``enforce_comm_constraints``: abort a motion after 20 consecutive lost
+      commands, like the robot (default True).
+    * ``enforce_motion_limits``: abort on position/velocity/acceleration/jerk
+      or torque-rate limit violations, like the robot (default False).
+    * ``startup_timeout``: seconds to wait for the server to accept a connection.
+    * ``visualize``: open the MuJoCo viewer (needs a display).
+
+    The child's output goes to ``log_path``; :meth:`log_tail` returns its end,
+    and startup failures include it in the error.
+    """
+
+    def __init__(self, *, host: str | None = None, enforce_comm_constraints: bool = True,
+                 enforce_motion_limits: bool = False, startup_timeout: float = 60.0,
+                 visualize: bool = False) -> None:
+        if startup_timeout <= 0:
+            raise ValueError(f"startup_timeout must be positive, got {startup_timeout}")
+        self._requested_host = host
+        self.host: str | None = host
+        self.enforce_comm_constraints = enforce_comm_constraints
+        self.enforce_motion_limits = enforce_motion_limits
+        self.startup_timeout = startup_timeout
+        self.visualize = visualize
+        self._process: subprocess.Popen | None = None
+        self._log = None
+        self.log_path: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> "Simulator":
+        """Start the child and block until it accepts connections (idempotent)."""
+        if self.running:
+            return self
+        try:
+            import franka_sim  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "the embedded simulator needs franka-sim: pip install 'aiofranka[sim]'"
+            ) from exc
+        with _pick_lock:
+            self.host = self._requested_host or _pick_host()
+            if self._requested_host and not _port_free(self.host):
+                raise SimulatorError(f"port {FCI_PORT} on {self.host} is already in use")
+            fd, path = tempfile.mkstemp(prefix="aiofranka-sim-", suffix=".log")
+            self.log_path = Path(path)
+            self._log = os.fdopen(fd, "wb")
+            cmd = [sys.executable, "-m", "aiofranka.sim._server", "--host", self.host, "--watch-stdin"]
+            if self.enforce_motion_limits:
+                cmd.append("--enforce-motion-limits")
+            if not self.enforce_comm_constraints:
+                cmd.append("--no-enforce-comm-constraints")
+            if self.visualize:
+                cmd.append("--vis")
+            env = dict(os.environ)
+            env.setdefault("FR3_MJCF", str(MODEL_PATH))
+            env["PYTHONUNBUFFERED"] = "1"
+            self._process = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # Ctrl+C reaches us; we stop the child in order
+            )
+            _live.add(self)
+            self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self._process.poll() is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise SimulatorError(f"the simulator exited during startup (code {self._process.returncode}):\n{tail}")
+            try:
+                with socket.create_connection((self.host, FCI_PORT), timeout=0.2):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                tail = self.log_tail()
+                self.stop()
+                raise SimulatorError(
+                    f"the simulator did not accept connections within {self.startup_timeout} s:\n{tail}")
+            time.sleep(0.05)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the child: SIGTERM, wait ``timeout`` s, then SIGKILL. Idempotent."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.wait(5.0)
+        if process.stdin:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        _live.discard(self)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the simulator's output."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as handle:
+            tail = collections.deque(handle, maxlen=lines)
+        return b"".join(tail).decode(errors="replace")
+
+    def __enter__(self) -> "Simulator":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Simulator {self.host}:{FCI_PORT} {state}>"

@@ -1,0 +1,83 @@
+"""Child-process entry point of the embedded simulator.
+
+Run as ``python -m aiofranka.sim._server --host 127.0.0.N [...]`` by
+:class:`aiofranka.sim.Simulator`. It differs from franka-sim's own CLI in three
+ways: it binds one loopback address (so several simulators can run side by
+side, each on port 1337 of its own address), it points franka-sim at the FR3
+model aiofranka ships, and it exits when its parent goes away (standard input
+closes) so no simulator outlives the process that started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+MODEL = Path(__file__).with_name("fr3.xml")
+
+
+def _exit_when_parent_dies(stop) -> None:
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except OSError:
+            pass
+        stop()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aiofranka-sim-server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--enforce-motion-limits", action="store_true")
+    parser.add_argument("--no-enforce-comm-constraints", action="store_true")
+    parser.add_argument("--vis", action="store_true")
+    parser.add_argument("--watch-stdin", action="store_true",
+                        help="exit when standard input closes (the parent died)")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("FR3_MJCF", str(MODEL))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("numba").setLevel(logging.WARNING)
+
+    from franka_sim import FrankaSimServer
+
+    server = FrankaSimServer(
+        host=args.host,
+        enable_vis=args.vis,
+        enable_gripper=False,
+        enforce_comm_constraints=not args.no_enforce_comm_constraints,
+        enforce_motion_limits=args.enforce_motion_limits,
+    )
+    done = threading.Event()
+
+    def stop(*_args) -> None:
+        if done.is_set():
+            return
+        done.set()
+        # Stopping can take a second; a watchdog makes sure we leave regardless.
+        threading.Timer(10.0, lambda: os._exit(1)).start()
+        try:
+            server.stop()
+        finally:
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop, daemon=True).start())
+    signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=stop, daemon=True).start())
+    if args.watch_stdin:
+        _exit_when_parent_dies(stop)
+    print(f"aiofranka simulator serving FCI on {args.host}:1337 (model {os.environ['FR3_MJCF']})", flush=True)
+    server.start()
+    stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Loop figures: preallocated sample rings and frozen percentile snapshots.
+
+One mechanism serves every loop in aiofranka: a loop records integer
+nanosecond samples into a :class:`SampleRing` (no allocation per sample), and
+:meth:`SampleRing.summary` turns the latest window into a frozen
+:class:`Summary` on demand, off the hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["LoopStats", "SampleRing", "Summary"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Percentiles of a window of samples, in microseconds."""
+
+    count: int
+    p50_us: float
+    p99_us: float
+    max_us: float
+    mean_us: float
+
+    @classmethod
+    def empty(cls) -> "Summary":
+        nan = float("nan")
+        return cls(0, nan, nan, nan, nan)
+
+    def __str__(self) -> str:
+        return f"p50 {self.p50_us:7.1f}  p99 {self.p99_us:7.1f}  max {self.max_us:8.1f} us"
+
+
+class SampleRing:
+    """A fixed-size ring of int64 samples (nanoseconds) kept for percentiles.
+
+    ``push`` costs one array store and two integer operations; the ring keeps
+    the newest ``size`` samples.
+    """
+
+    __slots__ = ("_buf", "_size", "_index", "_count")
+
+    def __init__(self, size: int = 60_000) -> None:
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        self._buf = np.zeros(size, dtype=np.int64)
+        self._size = size
+        self._index = 0
+        self._count = 0
+
+    def push(self, value_ns: int) -> None:
+        self._buf[self._index] = value_ns
+        self._index += 1
+        if self._index == self._size:
+            self._index = 0
+        self._count += 1
+
+    def clear(self) -> None:
+        self._index = 0
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Samples pushed since the last clear (may exceed the window)."""
+        return self._count
+
+    def values(self) -> np.ndarray:
+        """A copy of the samples in the window, oldest first (ns)."""
+        n = min(self._count, self._size)
+        if n < self._size:
+            return self._buf[:n].copy()
+        return np.concatenate((self._buf[self._index:], self._buf[: self._index]))
+
+    def summary(self) -> Summary:
+        values = self.values()
+        if values.size == 0:
+            return Summary.empty()
+        us = values / 1000.0
+        p50, p99 = np.percentile(us, [50, 99])
+        return Summary(int(values.size), float(p50), float(p99), float(us.max()), float(us.mean()))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopStats:
+    """A frozen snapshot of a control loop's figures.
+
+    * ``cycles``: cycles the client answered (a command written).
+    * ``lost_cycles``: gaps in the robot's millisecond counter between
+      consecutive states we read, i.e. states that went unanswered.
+    * ``min_success_rate``: the lowest ``control_command_success_rate`` seen
+      (fraction of the last 100 commands the robot received).
+    * ``compute``: the client's own work per cycle, from ``readOnce``
+      returning to ``writeOnce`` being called (the budget Franka specifies;
+      the UDP send itself is not included).
+    * ``period``: time between consecutive ``readOnce`` returns.
+    * ``robot_time_s``: robot time elapsed since the loop started.
+    * ``wall_time_s``: wall-clock time elapsed since the loop started.
+    """
+
+    cycles: int
+    lost_cycles: int
+    min_success_rate: float
+    compute: Summary
+    period: Summary
+    robot_time_s: float
+    wall_time_s: float
+    mode: str
+    switch_interval_s: float
+
+    @property
+    def lost_fraction(self) -> float:
+        total = self.cycles + self.lost_cycles
+        return self.lost_cycles / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def table(self, title: str = "loop") -> str:
+        """A small human-readable table of the figures."""
+        rows = [
+            ("cycles", f"{self.cycles}"),
+            ("lost cycles", f"{self.lost_cycles} ({100 * self.lost_fraction:.3f} %)"),
+            ("min success rate", f"{self.min_success_rate:.3f}"),
+            ("compute (read->write)", str(self.compute)),
+            ("period", str(self.period)),
+            ("robot time / wall time", f"{self.robot_time_s:.2f} s / {self.wall_time_s:.2f} s"),
+            ("mode", self.mode),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"== {title} =="] + [f"{name:<{width}}  {value}" for name, value in rows]
+        return "\n".join(lines)

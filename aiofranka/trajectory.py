@@ -1,0 +1,74 @@
+"""Jerk-limited joint trajectories (ruckig), sampled at 1 kHz ahead of time.
+
+The loop must not plan or allocate, so :func:`plan_joint_motion` computes the
+whole time-optimal trajectory with ruckig when ``move()`` is called and
+:func:`sample` writes positions and velocities for every millisecond into
+preallocated arrays, yielding to the event loop between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from . import limits
+from .exceptions import MissingDependencyError
+
+__all__ = ["JointTrajectory", "plan_joint_motion"]
+
+
+class JointTrajectory:
+    """A planned motion: ``positions`` and ``velocities`` of shape (n, 7), one row per ms."""
+
+    def __init__(self, trajectory, n: int, target: np.ndarray) -> None:
+        self._trajectory = trajectory
+        self.duration = float(trajectory.duration)
+        self.n = n
+        self.target = target
+        self.positions = np.empty((n, 7))
+        self.velocities = np.empty((n, 7))
+        self.position_rows: list[np.ndarray] = []
+        self.velocity_rows: list[np.ndarray] = []
+
+    async def sample(self, chunk: int = 200) -> None:
+        """Fill the sample arrays, giving the event loop a turn every ``chunk`` rows."""
+        at_time = self._trajectory.at_time
+        for k in range(self.n):
+            position, velocity, _ = at_time(k * 0.001)
+            self.positions[k] = position
+            self.velocities[k] = velocity
+            if k % chunk == chunk - 1:
+                await asyncio.sleep(0)
+        self.velocities[-1] = 0.0
+        self.positions[-1] = self.target
+        # Row views made once here, so the loop indexes without creating views.
+        self.position_rows = list(self.positions)
+        self.velocity_rows = list(self.velocities)
+
+
+def plan_joint_motion(q_start, dq_start, q_target, *, speed: float) -> JointTrajectory:
+    """Plan a time-optimal joint motion within ``speed`` times the FR3 limits.
+
+    ``speed`` scales the velocity, acceleration and jerk limits (0 < speed <= 1).
+    """
+    try:
+        from ruckig import InputParameter, Result, Ruckig, Trajectory
+    except ImportError as exc:  # pragma: no cover - ruckig is a core dependency
+        raise MissingDependencyError("ruckig is not installed: pip install aiofranka") from exc
+    inp = InputParameter(7)
+    inp.current_position = [float(v) for v in q_start]
+    inp.current_velocity = [float(v) for v in np.clip(dq_start, -limits.DQ_MAX, limits.DQ_MAX)]
+    inp.current_acceleration = [0.0] * 7
+    inp.target_position = [float(v) for v in q_target]
+    inp.target_velocity = [0.0] * 7
+    inp.target_acceleration = [0.0] * 7
+    inp.max_velocity = (limits.DQ_MAX * speed).tolist()
+    inp.max_acceleration = (limits.DDQ_MAX * speed).tolist()
+    inp.max_jerk = (limits.DDDQ_MAX * speed * speed).tolist()
+    trajectory = Trajectory(7)
+    result = Ruckig(7).calculate(inp, trajectory)
+    if result not in (Result.Working, Result.Finished):
+        raise ValueError(f"no trajectory to q={list(q_target)} within the FR3 limits (ruckig: {result})")
+    n = max(2, int(np.ceil(trajectory.duration * 1000.0)) + 1)
+    return JointTrajectory(trajectory, n, np.asarray(q_target, dtype=float))
