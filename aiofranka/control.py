@@ -60,7 +60,8 @@ def rotation_error(rotation, rotation_desired, ws: Workspace, out) -> None:
 
 
 def osc(q, dq, pose, jacobian, mass, pose_desired, ee_kp, ee_kd, q_null, null_kp, null_kd,
-        ws: Workspace, out, damping: float = 1e-3) -> None:
+        ws: Workspace, out, damping: float = 1e-3, max_translation: float = 0.05,
+        max_rotation: float = 0.3) -> None:
     """Operational-space impedance with a dynamically consistent null-space posture term.
 
     ``F = Lambda (ee_kp * e - ee_kd * J dq)``, ``tau = J^T F + N^T tau_null`` with
@@ -68,13 +69,23 @@ def osc(q, dq, pose, jacobian, mass, pose_desired, ee_kp, ee_kd, q_null, null_kp
     ``Jbar = M^-1 J^T Lambda`` and
     ``tau_null = null_kp * (q_null - q) - null_kd * dq``. Gains are per task
     axis (x, y, z, rx, ry, rz) in 1/s^2 and 1/s, because ``Lambda`` turns them
-    into forces.
+    into forces. The translational error is capped at ``max_translation`` (m)
+    and the rotational one at ``max_rotation`` (rad), so a distant target is
+    approached at bounded force.
     """
     e = ws.e6
     e[0] = pose_desired[0, 3] - pose[0, 3]
     e[1] = pose_desired[1, 3] - pose[1, 3]
     e[2] = pose_desired[2, 3] - pose[2, 3]
     rotation_error(pose[:3, :3], pose_desired[:3, :3], ws, e[3:])
+    # Bound the error so a far target pulls with a bounded force: with the
+    # torque rate limit in the loop, an unbounded spring overshoots.
+    norm = math.sqrt(e[0] * e[0] + e[1] * e[1] + e[2] * e[2])
+    if norm > max_translation:
+        e[:3] *= max_translation / norm
+    norm = math.sqrt(e[3] * e[3] + e[4] * e[4] + e[5] * e[5])
+    if norm > max_rotation:
+        e[3:] *= max_rotation / norm
     e *= ee_kp
     np.matmul(jacobian, dq, out=ws.v6)
     ws.v6 *= ee_kd

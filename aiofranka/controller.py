@@ -142,7 +142,7 @@ class Controller:
         self._torque = validation.torques("torque", np.zeros(7))
 
         # Loop storage, allocated once.
-        self._buf = StateBuffer()
+        self._buf = robot.state_buffer()
         self._ws = control.Workspace()
         self._tau_desired = np.zeros(7)
         self._tau_command = self._buf.tau_command

@@ -75,7 +75,9 @@ class StateBuffer:
         # Flat storage filled straight from libfranka's column-major lists; the
         # matrices are transposed views of it, so no copy is needed per cycle.
         self._ee_flat = np.eye(4).reshape(16)
-        self.ee = self._ee_flat.reshape(4, 4).T
+        self._ee_raw = self._ee_flat.reshape(4, 4).T
+        self.ee = self._ee_raw
+        self._ee_offset = None
         self._jac_flat = np.zeros(42)
         self.jacobian = self._jac_flat.reshape(7, 6).T
         self._mass_flat = np.zeros(49)
@@ -94,8 +96,19 @@ class StateBuffer:
         self.q[:] = q
         self.dq[:] = state.dq
         self._ee_flat[:] = state.O_T_EE
+        if self._ee_offset is not None:
+            np.matmul(self._ee_raw, self._ee_offset, out=self.ee)
         self.success_rate = state.control_command_success_rate
         self.time_ms = round(state.time.to_sec() * 1000.0)
+
+    def set_ee_offset(self, offset: np.ndarray | None) -> None:
+        """Report ``O_T_EE @ offset`` as the pose (see ``Robot.ee_offset``)."""
+        if offset is None:
+            self._ee_offset = None
+            self.ee = self._ee_raw
+        else:
+            self._ee_offset = np.array(offset, dtype=float)
+            self.ee = self._ee_raw @ self._ee_offset
 
     def fill_dynamics(self, model) -> None:
         self._jac_flat[:] = model.zero_jacobian(self.raw)
@@ -177,6 +190,14 @@ class Robot:
             self.model = self._robot.load_model()
         if collision_thresholds is not None:
             self.set_collision_behavior(*collision_thresholds)
+        #: Correction applied to ``O_T_EE``: franka-sim reports the joint-7
+        #: frame, 0.107 m short of the flange where libfranka's Jacobian is
+        #: taken, so with the simulator the pose is shifted to the flange and
+        #: pose and Jacobian describe the same point, as on the real arm.
+        self.ee_offset = None
+        if self.simulator is not None:
+            self.ee_offset = np.eye(4)
+            self.ee_offset[2, 3] = 0.107
         self._closed = False
         self._owner_lock = threading.Lock()  # held by whoever drives a control session
 
@@ -203,11 +224,17 @@ class Robot:
     def read(self) -> RobotState:
         """Read one state outside a control session."""
         self._check_open()
-        buf = StateBuffer()
+        buf = self.state_buffer()
         with translate_libfranka():
             buf.fill(self._robot.read_once())
             buf.fill_dynamics(self.model)
         return buf.snapshot()
+
+    def state_buffer(self) -> StateBuffer:
+        """A new preallocated state buffer set up for this robot's pose convention."""
+        buf = StateBuffer()
+        buf.set_ee_offset(self.ee_offset)
+        return buf
 
     def set_collision_behavior(self, lower_torque, upper_torque, lower_force, upper_force) -> None:
         """Set collision thresholds (N m for 7 joints, N / N m for 6 Cartesian axes)."""
