@@ -59,18 +59,22 @@ def rotation_error(rotation, rotation_desired, ws: Workspace, out) -> None:
     out[2] = 0.5 * (s[1, 0] - s[0, 1])
 
 
-def osc(q, dq, pose, jacobian, mass, pose_desired, ee_kp, ee_kd, q_null, null_kp, null_kd,
+def osc(q, dq, pose, jacobian, pose_desired, ee_kp, ee_kd, q_null, null_kp, null_kd,
         ws: Workspace, out, damping: float = 1e-3, max_translation: float = 0.05,
         max_rotation: float = 0.3) -> None:
-    """Operational-space impedance with a dynamically consistent null-space posture term.
+    """Cartesian (operational-space) impedance with a null-space posture term.
 
-    ``F = Lambda (ee_kp * e - ee_kd * J dq)``, ``tau = J^T F + N^T tau_null`` with
-    ``Lambda = (J M^-1 J^T + damping I)^-1``, ``N^T = I - J^T Jbar^T``,
-    ``Jbar = M^-1 J^T Lambda`` and
-    ``tau_null = null_kp * (q_null - q) - null_kd * dq``. Gains are per task
-    axis (x, y, z, rx, ry, rz) in 1/s^2 and 1/s, because ``Lambda`` turns them
-    into forces. The translational error is capped at ``max_translation`` (m)
-    and the rotational one at ``max_rotation`` (rad), so a distant target is
+    ``F = ee_kp * e - ee_kd * (J dq)`` with ``e`` the pose error (translation,
+    then ``sin(angle) * axis`` of the rotation error, both in the base frame),
+    ``tau = J^T F + N tau_null`` with ``N = I - J^T (J J^T + damping I)^-1 J``
+    and ``tau_null = null_kp * (q_null - q) - null_kd * dq``.
+
+    Gains are per task axis (x, y, z, rx, ry, rz): N/m and N m/rad for
+    ``ee_kp``, N s/m and N m s/rad for ``ee_kd``. They act as a spring at the
+    end effector directly, without the mass matrix, so a model error in the
+    arm's inertia (reflected rotor inertia, a gripper) does not change them.
+    The translational error is capped at ``max_translation`` (m) and the
+    rotational one at ``max_rotation`` (rad), so a distant target is
     approached at bounded force.
     """
     e = ws.e6
@@ -90,17 +94,12 @@ def osc(q, dq, pose, jacobian, mass, pose_desired, ee_kp, ee_kd, q_null, null_kp
     np.matmul(jacobian, dq, out=ws.v6)
     ws.v6 *= ee_kd
     e -= ws.v6
-    # X = M^-1 J^T (7x6); Lambda^-1 = J X
-    x = ws.x76
-    x[:] = np.linalg.solve(mass, jacobian.T)
-    np.matmul(jacobian, x, out=ws.l66)
+    np.matmul(jacobian.T, e, out=out)
+    # Null space: N = I - J^T (J J^T + damping I)^-1 J
+    np.matmul(jacobian, jacobian.T, out=ws.l66)
     ws.l66 += damping * ws.eye6
-    lam = np.linalg.inv(ws.l66)
-    np.matmul(lam, e, out=ws.f6)
-    np.matmul(jacobian.T, ws.f6, out=out)
-    # Null space: N^T = I - J^T (X Lambda)^T
-    np.matmul(x, lam, out=ws.x76)  # Jbar, reusing x's storage
-    np.matmul(jacobian.T, ws.x76.T, out=ws.n77)
+    pinv_t = np.linalg.solve(ws.l66, jacobian)  # (6, 7)
+    np.matmul(jacobian.T, pinv_t, out=ws.n77)
     np.subtract(ws.eye7, ws.n77, out=ws.n77)
     np.subtract(q_null, q, out=ws.b7)
     ws.b7 *= null_kp

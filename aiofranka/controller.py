@@ -19,6 +19,7 @@ import asyncio
 import math
 import sys
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -44,12 +45,12 @@ MODES = ("impedance", "osc", "torque")
 _IMPEDANCE, _OSC, _TORQUE = range(3)
 _MODE_INDEX = {name: i for i, name in enumerate(MODES)}
 
-# Defaults: joint gains of libfranka's joint impedance example; OSC gains in
-# task acceleration units (1/s^2, 1/s) because the law scales them by Lambda.
+# Defaults: joint gains of libfranka's joint impedance example; Cartesian gains
+# in N/m, N m/rad (stiffness) and N s/m, N m s/rad (damping).
 DEFAULT_KP = (600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0)
 DEFAULT_KD = (50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0)
-DEFAULT_EE_KP = (400.0, 400.0, 400.0, 400.0, 400.0, 400.0)
-DEFAULT_EE_KD = (40.0, 40.0, 40.0, 40.0, 40.0, 40.0)
+DEFAULT_EE_KP = (1000.0, 1000.0, 1000.0, 60.0, 60.0, 60.0)
+DEFAULT_EE_KD = (60.0, 60.0, 60.0, 6.0, 6.0, 6.0)
 DEFAULT_NULL_KP = (10.0, 10.0, 10.0, 10.0, 5.0, 5.0, 2.0)
 DEFAULT_NULL_KD = (2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.5)
 
@@ -206,8 +207,8 @@ class Controller:
 
     kp = _make_property("kp", "Joint stiffness, (7,) N m/rad (impedance mode).")
     kd = _make_property("kd", "Joint damping, (7,) N m s/rad (impedance mode).")
-    ee_kp = _make_property("ee_kp", "Task stiffness (x, y, z, rx, ry, rz), (6,) 1/s^2 (osc mode).")
-    ee_kd = _make_property("ee_kd", "Task damping, (6,) 1/s (osc mode).")
+    ee_kp = _make_property("ee_kp", "Task stiffness (x, y, z, rx, ry, rz), (6,) N/m and N m/rad (osc mode).")
+    ee_kd = _make_property("ee_kd", "Task damping, (6,) N s/m and N m s/rad (osc mode).")
     null_kp = _make_property("null_kp", "Null-space posture stiffness, (7,) N m/rad (osc mode).")
     null_kd = _make_property("null_kd", "Null-space posture damping, (7,) N m s/rad (osc mode).")
     q_desired = _make_property(
@@ -258,6 +259,7 @@ class Controller:
         if self.running:
             raise ControllerStateError("the controller is already running")
         loop = asyncio.get_running_loop()
+        self._release_frames(self._error)
         self._error = None
         robot = self._robot
         if robot.in_reflex():
@@ -515,8 +517,25 @@ class Controller:
         wrapped.__cause__ = exc
         return wrapped
 
+    @staticmethod
+    def _release_frames(error: BaseException | None) -> None:
+        """Clear the locals of the finished frames an error's traceback keeps.
+
+        pylibfranka allows one control session per robot, and ends it only when
+        its control handle is freed; a stored error's traceback would keep the
+        handle alive through the loop's frames and block the next ``start()``.
+        """
+        seen = set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            traceback.clear_frames(error.__traceback__)
+            error = error.__cause__ or error.__context__
+
     def _finish(self, error: BaseException | None, first: asyncio.Future) -> None:
         self._ctl = None
+        if error is not None and self._loop is not None:
+            # After the task's own frame has finished.
+            self._loop.call_soon(self._release_frames, error)
         self._traj = None
         if self._saved_switch_interval is not None:
             sys.setswitchinterval(self._saved_switch_interval)
@@ -643,8 +662,8 @@ class Controller:
         if mode == _IMPEDANCE:
             control.joint_impedance(buf.q, buf.dq, q_desired, dq_desired, self._kp, self._kd, self._ws, tau)
         elif mode == _OSC:
-            buf.fill_dynamics(self._robot.model)
-            control.osc(buf.q, buf.dq, buf.ee, buf.jacobian, buf.mass, self._ee_desired, self._ee_kp, self._ee_kd,
+            buf.fill_jacobian(self._robot.model)
+            control.osc(buf.q, buf.dq, buf.ee, buf.jacobian, self._ee_desired, self._ee_kp, self._ee_kd,
                         q_desired, self._null_kp, self._null_kd, self._ws, tau)
         else:
             tau[:] = self._torque

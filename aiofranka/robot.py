@@ -88,6 +88,7 @@ class StateBuffer:
         self.success_rate = 0.0
         self.time_ms = 0
         self.dynamics_time_ms = -1
+        self.jacobian_time_ms = -1
         self.raw = None  # the pylibfranka state the arrays came from
 
     def fill(self, state) -> None:
@@ -110,8 +111,14 @@ class StateBuffer:
             self._ee_offset = np.array(offset, dtype=float)
             self.ee = self._ee_raw @ self._ee_offset
 
-    def fill_dynamics(self, model) -> None:
+    def fill_jacobian(self, model) -> None:
         self._jac_flat[:] = model.zero_jacobian(self.raw)
+        self.jacobian_time_ms = self.time_ms
+
+    def fill_dynamics(self, model) -> None:
+        if self.jacobian_time_ms != self.time_ms:
+            self._jac_flat[:] = model.zero_jacobian(self.raw)
+            self.jacobian_time_ms = self.time_ms
         self._mass_flat[:] = model.mass(self.raw)
         self.dynamics_time_ms = self.time_ms
 

@@ -1,0 +1,234 @@
+"""The Controller on the real pylibfranka path against franka-sim (contract enforced)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import aiofranka
+from aiofranka import Controller, limits
+
+pytestmark = pytest.mark.sim
+
+#: Tracking tolerances stated in docs/controller.md.
+JOINT_TOL = 0.01  # rad
+POSITION_TOL = 0.005  # m
+ROTATION_TOL = 0.02  # rad (sin of the angle)
+
+
+def rotation_error(a, b):
+    s = b[:3, :3] @ a[:3, :3].T
+    return np.linalg.norm(0.5 * np.array([s[2, 1] - s[1, 2], s[0, 2] - s[2, 0], s[1, 0] - s[0, 1]]))
+
+
+async def test_holds_a_pose_for_five_seconds(controller):
+    start = controller.state
+    await controller.wait(5.0)
+    end = controller.state
+    assert np.max(np.abs(end.q - start.q)) < 0.002
+    stats = controller.stats
+    assert stats.cycles > 4000
+    assert stats.robot_time_s >= 5.0
+    assert controller.running
+
+
+async def test_tracks_joint_targets(controller):
+    await controller.move(limits.Q_HOME, speed=0.5)
+    assert np.max(np.abs(controller.state.q - limits.Q_HOME)) < JOINT_TOL
+    target = limits.Q_HOME.copy()
+    target[0] += 0.3
+    target[5] -= 0.2
+    await controller.move(target, speed=0.5)
+    assert np.max(np.abs(controller.state.q - target)) < JOINT_TOL
+    # Holding keeps it there.
+    await controller.wait(0.5)
+    assert np.max(np.abs(controller.state.q - target)) < JOINT_TOL
+
+
+async def test_tracks_cartesian_targets(controller):
+    await controller.move(limits.Q_HOME, speed=0.5)
+    controller.switch("osc")
+    home = controller.state.ee
+    for offset in ((0.0, 0.0, 0.06), (0.05, 0.05, 0.0), (0.0, 0.0, 0.0)):
+        target = home.copy()
+        target[:3, 3] += offset
+        controller.ee_desired = target
+        await controller.wait(1.5)
+        ee = controller.state.ee
+        assert np.linalg.norm(ee[:3, 3] - target[:3, 3]) < POSITION_TOL, offset
+        assert rotation_error(ee, target) < ROTATION_TOL, offset
+
+
+async def test_rotation_target(controller):
+    await controller.move(limits.Q_HOME, speed=0.5)
+    controller.switch("osc")
+    target = controller.state.ee.copy()
+    c, s = np.cos(0.2), np.sin(0.2)
+    target[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ target[:3, :3]
+    controller.ee_desired = target
+    await controller.wait(1.5)
+    assert rotation_error(controller.state.ee, target) < ROTATION_TOL
+
+
+async def test_switch_retargets_so_nothing_jumps(controller):
+    await controller.move(limits.Q_HOME, speed=0.5)
+    for mode in ("osc", "torque", "impedance"):
+        before = controller.state
+        controller.switch(mode)
+        assert controller.mode == mode
+        assert np.allclose(controller.q_desired, before.q, atol=1e-3)
+        await controller.wait(0.3)
+        after = controller.state
+        assert np.max(np.abs(after.q - before.q)) < 0.02, mode
+
+
+async def test_blocking_the_event_loop_causes_a_reflex_raised_from_the_next_await(robot):
+    controller = Controller(robot)
+    await controller.start()
+    await controller.wait(0.2)
+    time.sleep(0.03)  # the loop cannot answer for 30 ms: 20 lost commands
+    with pytest.raises(aiofranka.ReflexError) as info:
+        await controller.wait(0.5)
+    assert "communication_constraints_violation" in info.value.errors
+    assert info.value.__cause__ is not None
+    assert not controller.running
+    with pytest.raises(aiofranka.ReflexError):
+        await controller.stop()  # stored error raised once more by stop()
+    await controller.stop()  # then stop is a no-op
+    # The process survives, and the controller recovers and restarts.
+    await controller.start()
+    await controller.wait(0.5)
+    assert controller.stats.lost_cycles == 0
+    await controller.stop()
+
+
+async def test_awaiting_instead_of_blocking_is_fine(controller):
+    await controller.wait(0.2)
+    for _ in range(5):
+        await asyncio.sleep(0.03)
+    await controller.wait(0.2)
+    assert controller.running
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("q_desired", [np.nan] * 7, "q_desired must be finite"),
+    ("kp", np.ones(6), r"kp must have shape \(7,\), got \(6,\)"),
+    ("kd", [-1.0] * 7, "kd must be non-negative"),
+    ("ee_desired", np.diag([2.0, 1.0, 1.0, 1.0]), "ee_desired must hold a proper rotation"),
+    ("torque", np.zeros(6), r"torque must have shape \(7,\)"),
+])
+async def test_bad_input_names_the_parameter_and_the_arm_keeps_holding(controller, name, value, message):
+    before = controller.state
+    with pytest.raises(ValueError, match=message):
+        setattr(controller, name, value)
+    with pytest.raises(ValueError, match=message):
+        await controller.set(name, value)
+    await controller.wait(0.3)
+    assert controller.running
+    assert np.max(np.abs(controller.state.q - before.q)) < 0.002
+
+
+async def test_unknown_mode_and_name_are_value_errors(controller):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        controller.switch("position")
+    with pytest.raises(ValueError, match="name must be one of"):
+        await controller.set("gain", 1.0)
+    assert controller.mode == "impedance"
+
+
+async def test_set_freq_paces_on_a_drift_free_grid(controller):
+    controller.set_freq(50)
+    q = controller.state.q
+    start = controller.state.time_ms
+    for _ in range(25):
+        await controller.set("q_desired", q)
+    elapsed = controller.state.time_ms - start
+    # 25 calls at 50 Hz: the first returns at once, then one every 20 ms.
+    assert 470 <= elapsed <= 500
+    with pytest.raises(ValueError, match="hz must be"):
+        controller.set_freq(0)
+
+
+async def test_stop_twice_is_fine(robot):
+    controller = Controller(robot)
+    await controller.start()
+    await controller.wait(0.1)
+    await controller.stop()
+    await controller.stop()
+    assert not controller.running
+    with pytest.raises(aiofranka.ControllerStateError, match="not running"):
+        await controller.wait(0.1)
+
+
+async def test_stop_during_move_interrupts_the_move(robot):
+    controller = Controller(robot)
+    await controller.start()
+    target = controller.state.q.copy()
+    target[0] += 0.5
+    mover = asyncio.create_task(controller.move(target, speed=0.2))
+    await asyncio.sleep(0.3)
+    await controller.stop()
+    with pytest.raises(aiofranka.ControllerStoppedError):
+        await mover
+    # The torque was ramped down to zero before the session ended.
+    assert not controller.state.tau_command.any()
+
+
+async def test_torque_mode_is_rate_limited(controller):
+    controller.switch("torque")
+    controller.torque = [5.0, 0, 0, 0, 0, 0, 0]
+    await controller.wait(0.002)
+    first = controller.state.tau_command[0]
+    assert 0 < first <= 3 * 0.95 + 1e-9
+    controller.torque = np.zeros(7)
+    await controller.wait(0.1)
+
+
+async def test_context_manager_and_no_reopen_after_close(robot):
+    async with Controller(robot) as controller:
+        assert controller.running
+    assert not controller.running
+    await controller.close()
+    with pytest.raises(aiofranka.ControllerStateError, match="closed"):
+        await controller.start()
+
+
+async def test_context_manager_does_not_mask_the_body_error(robot):
+    with pytest.raises(KeyError):
+        async with Controller(robot):
+            raise KeyError("body")
+
+
+async def test_simulator_killed_mid_run_gives_a_connection_error_and_no_orphan():
+    robot = aiofranka.Robot()
+    pid = robot.simulator.pid
+    try:
+        controller = Controller(robot)
+        await controller.start()
+        await controller.wait(0.2)
+        os.killpg(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(aiofranka.RobotConnectionError):
+            await controller.wait(10.0)
+        assert time.monotonic() - t0 < 5.0
+        with pytest.raises(aiofranka.RobotConnectionError):
+            await controller.stop()
+    finally:
+        robot.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_closing_the_robot_stops_the_simulator_process():
+    robot = aiofranka.Robot()
+    pid = robot.simulator.pid
+    os.kill(pid, 0)
+    robot.close()
+    robot.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -1,0 +1,50 @@
+import pylibfranka
+import pytest
+
+import aiofranka
+from aiofranka.exceptions import reflex_names, translate, translate_libfranka
+
+
+def test_every_error_derives_from_the_base():
+    for name in ("ReflexError", "RobotConnectionError", "ControlLawError", "ControllerStateError",
+                 "ControllerStoppedError", "MotionTimeoutError", "SimulatorError", "CommandError",
+                 "RealtimeError", "InvalidOperationError", "MissingDependencyError"):
+        assert issubclass(getattr(aiofranka, name), aiofranka.AiofrankaError)
+    assert issubclass(aiofranka.RobotConnectionError, ConnectionError)
+    assert issubclass(aiofranka.MotionTimeoutError, TimeoutError)
+
+
+def test_reflex_is_translated_with_its_error_names_and_cause():
+    original = pylibfranka.ControlException(
+        'libfranka: Move command aborted: motion aborted by reflex! ["communication_constraints_violation"]')
+    with pytest.raises(aiofranka.ReflexError) as info:
+        with translate_libfranka():
+            raise original
+    assert info.value.errors == ("communication_constraints_violation",)
+    assert info.value.__cause__ is original
+
+
+@pytest.mark.parametrize("source, target", [
+    (pylibfranka.NetworkException, aiofranka.RobotConnectionError),
+    (pylibfranka.CommandException, aiofranka.CommandError),
+    (pylibfranka.RealtimeException, aiofranka.RealtimeError),
+    (pylibfranka.InvalidOperationException, aiofranka.InvalidOperationError),
+    (pylibfranka.FrankaException, aiofranka.RobotError),
+])
+def test_other_libfranka_errors_map_onto_the_tree(source, target):
+    mapped = translate(source("boom"))
+    assert type(mapped) is target
+    assert str(mapped) == "boom"
+
+
+def test_unrelated_errors_pass_through():
+    error = KeyError("x")
+    assert translate(error) is error
+    with pytest.raises(RuntimeError, match="plain"):
+        with translate_libfranka():
+            raise RuntimeError("plain")
+
+
+def test_reflex_names_parses_several():
+    assert reflex_names('aborted ["a", "b_c"]') == ["a", "b_c"]
+    assert reflex_names("no list") == []
