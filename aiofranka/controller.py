@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import control, limits, validation
+from . import limits, validation
 from .exceptions import (
     AiofrankaError,
     ControlLawError,
@@ -57,6 +57,38 @@ DEFAULT_NULL_KD = (2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.5)
 _GAINS = {"kp": 7, "kd": 7, "ee_kp": 6, "ee_kd": 6, "null_kp": 7, "null_kd": 7}
 _TARGETS = ("q_desired", "ee_desired", "torque")
 SETTABLE = tuple(_GAINS) + _TARGETS
+
+
+class _SwitchInterval:
+    """Process-wide ``sys.setswitchinterval`` shared by every running controller.
+
+    The first controller to start saves the interpreter's interval; while any
+    runs, the smallest requested interval is in force; the last to stop
+    restores the saved one.
+    """
+
+    def __init__(self) -> None:
+        self._saved: float | None = None
+        self._active: list[float] = []
+
+    def enter(self, interval: float) -> None:
+        if not self._active:
+            self._saved = sys.getswitchinterval()
+        self._active.append(interval)
+        sys.setswitchinterval(min(self._active))
+
+    def leave(self, interval: float) -> None:
+        if interval not in self._active:
+            return
+        self._active.remove(interval)
+        if self._active:
+            sys.setswitchinterval(min(self._active))
+        elif self._saved is not None:
+            sys.setswitchinterval(self._saved)
+            self._saved = None
+
+
+_switch_interval = _SwitchInterval()
 
 
 class _Waiter:
@@ -118,16 +150,17 @@ class Controller:
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
         self._mode = self._mode_index(mode)
-        rate = validation.positive("torque_rate_limit", torque_rate_limit, upper=limits.DTAU_MAX_PER_CYCLE)
-        self._dtau_max = np.full(7, rate)
-        self._tau_max = np.array(limits.TAU_MAX)
-        self.joint_limit_margin = validation.positive("joint_limit_margin", joint_limit_margin, upper=0.5)
-        self.joint_limit_stiffness = float(validation.gains("joint_limit_stiffness", joint_limit_stiffness, 1)[0])
-        self.joint_limit_damping = float(validation.gains("joint_limit_damping", joint_limit_damping, 1)[0])
-        self._q_min = tuple(limits.Q_MIN.tolist())
-        self._q_max = tuple(limits.Q_MAX.tolist())
-        self.stop_ramp = validation.positive("stop_ramp", stop_ramp, upper=5.0)
-        self.switch_interval = validation.positive("switch_interval", switch_interval, upper=0.1)
+        rate = validation.positive("torque_rate_limit", torque_rate_limit)
+        if rate >= limits.DTAU_MAX_PER_CYCLE:
+            raise ValueError(f"torque_rate_limit must be below {limits.DTAU_MAX_PER_CYCLE} N m per cycle "
+                             f"(the robot's tolerance), got {torque_rate_limit!r}")
+        margin = validation.positive("joint_limit_margin", joint_limit_margin, upper=0.5)
+        stiffness = float(validation.gains("joint_limit_stiffness", joint_limit_stiffness, 1)[0])
+        damping = float(validation.gains("joint_limit_damping", joint_limit_damping, 1)[0])
+        self._stop_ramp = validation.positive("stop_ramp", stop_ramp, upper=5.0)
+        self._switch_interval = validation.positive("switch_interval", switch_interval, upper=0.1)
+        if not isinstance(stats_window, int) or stats_window < 100:
+            raise ValueError(f"stats_window must be an int >= 100, got {stats_window!r}")
 
         # Gains and targets: read-only arrays, replaced whole on assignment.
         self._kp = validation.gains("kp", DEFAULT_KP, 7)
@@ -136,18 +169,16 @@ class Controller:
         self._ee_kd = validation.gains("ee_kd", DEFAULT_EE_KD, 6)
         self._null_kp = validation.gains("null_kp", DEFAULT_NULL_KP, 7)
         self._null_kd = validation.gains("null_kd", DEFAULT_NULL_KD, 7)
+        self._zero7 = validation.vector("dq_desired", np.zeros(7), 7)
         self._q_desired = validation.vector("q_desired", limits.Q_HOME, 7)
-        self._dq_desired = np.zeros(7)
-        self._zero7 = np.zeros(7)
+        self._dq_desired = self._zero7
         self._ee_desired = validation.pose("ee_desired", np.eye(4))
-        self._torque = validation.torques("torque", np.zeros(7))
+        self._torque = self._zero7
 
-        # Loop storage, allocated once.
-        self._buf = robot.state_buffer()
-        self._ws = control.Workspace()
-        self._tau_desired = np.zeros(7)
-        self._tau_command = self._buf.tau_command
-        self._tau_last = np.zeros(7)
+        # Loop storage, allocated once; the C kernel works on these arrays.
+        self._buf = robot.state_buffer(dtau_max=np.full(7, rate), margin=margin, stiffness=stiffness,
+                                       damping=damping)
+        self._kernel = self._buf.kernel
         self._compute_ns = SampleRing(stats_window)
         self._period_ns = SampleRing(stats_window)
 
@@ -164,11 +195,63 @@ class Controller:
         self._traj_done: asyncio.Future | None = None
         self._set_period_ms: float | None = None
         self._next_set_ms: float | None = None
-        self._saved_switch_interval: float | None = None
         self._law_error: BaseException | None = None
         self._ramp_left = -1
         self._ramp_total = 1
+        self._switch_interval_in_force = switch_interval
         self._reset_figures()
+
+    # -- options (validated; fixed while running where the loop depends on them) --
+
+    @property
+    def torque_rate_limit(self) -> float:
+        """Largest change of the commanded torque per cycle (N m)."""
+        return float(self._buf.dtau_max[0])
+
+    @property
+    def joint_limit_margin(self) -> float:
+        """Width of the guard band near each joint limit (rad)."""
+        return self._kernel.margin
+
+    @joint_limit_margin.setter
+    def joint_limit_margin(self, value: float) -> None:
+        self._kernel.margin = validation.positive("joint_limit_margin", value, upper=0.5)
+
+    @property
+    def joint_limit_stiffness(self) -> float:
+        """Spring of the joint-limit guard (N m/rad)."""
+        return self._kernel.stiffness
+
+    @joint_limit_stiffness.setter
+    def joint_limit_stiffness(self, value: float) -> None:
+        self._kernel.stiffness = float(validation.gains("joint_limit_stiffness", value, 1)[0])
+
+    @property
+    def joint_limit_damping(self) -> float:
+        """Damper of the joint-limit guard (N m s/rad)."""
+        return self._kernel.damping
+
+    @joint_limit_damping.setter
+    def joint_limit_damping(self, value: float) -> None:
+        self._kernel.damping = float(validation.gains("joint_limit_damping", value, 1)[0])
+
+    @property
+    def stop_ramp(self) -> float:
+        """Seconds over which the law's torque fades to zero on stop."""
+        return self._stop_ramp
+
+    @stop_ramp.setter
+    def stop_ramp(self, value: float) -> None:
+        self._stop_ramp = validation.positive("stop_ramp", value, upper=5.0)
+
+    @property
+    def switch_interval(self) -> float:
+        """``sys.setswitchinterval`` while running (s); takes effect at the next start."""
+        return self._switch_interval
+
+    @switch_interval.setter
+    def switch_interval(self, value: float) -> None:
+        self._switch_interval = validation.positive("switch_interval", value, upper=0.1)
 
     # -- validation helpers -------------------------------------------------
 
@@ -239,7 +322,7 @@ class Controller:
         self._q_desired = validation.vector("q_desired", buf.q, 7)
         self._dq_desired = self._zero7
         self._ee_desired = validation.pose("ee_desired", buf.ee)
-        self._torque = validation.torques("torque", np.zeros(7))
+        self._torque = self._zero7
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -262,16 +345,22 @@ class Controller:
         self._release_frames(self._error)
         self._error = None
         robot = self._robot
-        if robot.in_reflex():
-            robot.recover()
-        self._ctl = robot.start_torque_control()
+        if not robot.claim(self):
+            raise ControllerStateError("another controller is driving this robot; stop it first")
+        try:
+            if robot.in_reflex():
+                robot.recover()
+            self._ctl = robot.start_torque_control()
+        except BaseException:
+            robot.release(self)
+            raise
         self._loop = loop
         self._stop_requested = False
-        self._tau_last[:] = 0.0
-        self._tau_command[:] = 0.0
+        self._buf.tau_last[:] = 0.0
+        self._buf.tau_command[:] = 0.0
         self._reset_figures()
-        self._saved_switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(self.switch_interval)
+        self._switch_interval_in_force = self._switch_interval
+        _switch_interval.enter(self._switch_interval)
         first = loop.create_future()
         self._task = loop.create_task(self._run(first), name="aiofranka-control-loop")
         await first
@@ -388,10 +477,13 @@ class Controller:
         The trajectory (ruckig) respects ``speed`` times the FR3 velocity,
         acceleration and jerk limits and is tracked in impedance mode (the
         controller switches to it). Returns when the trajectory is finished and
-        every joint is within ``tolerance`` rad of ``q``; raises
-        :class:`MotionTimeoutError` after ``timeout`` seconds (default: the
-        trajectory's duration plus 2 s), and :class:`ControllerStoppedError` if
-        the controller stops or another command interrupts the motion.
+        every joint is within ``tolerance`` rad of ``q``. Raises
+        :class:`MotionTimeoutError` after ``timeout`` seconds of robot time
+        (default: the trajectory's duration plus 2 s), and
+        :class:`ControllerStoppedError` if the controller stops or another
+        command (``switch()``, a new ``move()``, assigning ``q_desired``)
+        interrupts it. If the call is cancelled or times out, the arm holds
+        where the trajectory had got to.
         """
         target = validation.joint_positions("q", q)
         speed = validation.positive("speed", speed, upper=1.0)
@@ -399,6 +491,10 @@ class Controller:
         if timeout is not None:
             timeout = validation.positive("timeout", timeout)
         self._require_running()
+        if self._traj is not None:
+            # Hold where the running motion is now, then plan from the arm's state.
+            self._hold_trajectory_here()
+            self._cancel_trajectory("a new move() started")
         trajectory = plan_joint_motion(self._buf.q, self._buf.dq, target, speed=speed)
         await trajectory.sample()
         self._require_running()
@@ -409,22 +505,41 @@ class Controller:
         self._traj_done = done
         self._traj_k = 0
         self._traj = trajectory
-        limit = timeout if timeout is not None else trajectory.duration + 2.0
-        deadline = time.monotonic() + limit
+        limit_ms = 1000.0 * (timeout if timeout is not None else trajectory.duration + 2.0)
+        deadline_ms = self._buf.time_ms + limit_ms
+        timer = self._wait_robot_ms(deadline_ms)
         try:
-            await asyncio.wait_for(asyncio.shield(done), limit)
-            while np.max(np.abs(self._buf.q - target)) > tolerance:
-                if time.monotonic() > deadline:
-                    raise asyncio.TimeoutError
-                await self._await_loop(self._wait_robot_ms(self._buf.time_ms + 5))
-        except asyncio.TimeoutError:
-            self._raise_stored_error()
-            error = np.max(np.abs(self._buf.q - target))
-            raise MotionTimeoutError(
-                f"move() did not arrive within {limit:.2f} s (largest joint error {error:.4f} rad)") from None
+            await asyncio.wait({done, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if done.done():
+                done.result()  # raises if interrupted
+                while np.max(np.abs(self._buf.q - target)) > tolerance and not timer.done():
+                    await self._await_loop(self._wait_robot_ms(self._buf.time_ms + 5))
+            if timer.done() and np.max(np.abs(self._buf.q - target)) > tolerance:
+                timer.result()  # raises ControllerStoppedError if the loop ended
+                self._raise_stored_error()
+                if self._traj is trajectory:
+                    self._hold_trajectory_here()
+                    self._cancel_trajectory("move() timed out")
+                error = np.max(np.abs(self._buf.q - target))
+                raise MotionTimeoutError(f"move() did not arrive within {limit_ms / 1000.0:.2f} s of robot time "
+                                         f"(largest joint error {error:.4f} rad)")
         except ControllerStoppedError:
             self._raise_stored_error()
             raise
+        except asyncio.CancelledError:
+            if self._traj is trajectory:
+                self._hold_trajectory_here()
+                self._cancel_trajectory("move() was cancelled")
+            raise
+        finally:
+            if not timer.done():
+                timer.cancel()
+
+    def _hold_trajectory_here(self) -> None:
+        traj = self._traj
+        if traj is not None:
+            row = traj.positions[min(self._traj_k, traj.n - 1)]
+            self._q_desired = validation.vector("q_desired", row, 7)
 
     def _cancel_trajectory(self, reason: str) -> None:
         if self._traj is None:
@@ -441,7 +556,7 @@ class Controller:
     @property
     def state(self) -> RobotState:
         """A consistent snapshot of the latest state (copies; safe to keep)."""
-        if self._buf.raw is None:
+        if not self.running:
             return self._robot.read()
         return self._buf.snapshot(self._robot.model)
 
@@ -537,9 +652,8 @@ class Controller:
             # After the task's own frame has finished.
             self._loop.call_soon(self._release_frames, error)
         self._traj = None
-        if self._saved_switch_interval is not None:
-            sys.setswitchinterval(self._saved_switch_interval)
-            self._saved_switch_interval = None
+        _switch_interval.leave(self._switch_interval_in_force)
+        self._robot.release(self)
         if error is not None:
             self._error = error
         if not first.done():
@@ -565,17 +679,16 @@ class Controller:
         """Bring the command to zero at the rate limit, blocking; best effort."""
         if ctl is None:
             return
+        kernel, torques = self._kernel, self._robot.torques
+        self._buf.tau_desired[:] = 0.0
         try:
-            tau = self._tau_last
-            torques = self._robot.torques
             for _ in range(200):
                 ctl.readOnce()
-                np.clip(tau, -self._dtau_max, self._dtau_max, out=self._tau_desired)
-                tau -= self._tau_desired
-                command = torques(tau.tolist())
-                finished = not tau.any()
+                command = torques(kernel.finish(0.0))
+                finished = not self._buf.tau_command.any()
                 command.motion_finished = finished
                 ctl.writeOnce(command)
+                kernel.update_last()
                 if finished:
                     return
         except Exception:  # noqa: BLE001 - the session is already ending; the robot holds
@@ -586,8 +699,13 @@ class Controller:
         state, _ = ctl.readOnce()
         t_read = time.perf_counter_ns()
         buf = self._buf
-        buf.fill(state)
-        now = buf.time_ms
+        kernel = self._kernel
+        buf.raw = state
+        kernel.fill(state.q, state.dq, state.O_T_EE)
+        now = round(state.time.to_sec() * 1000.0)
+        buf.time_ms = now
+        success = state.control_command_success_rate
+        buf.success_rate = success
         if initial:
             self._retarget()
             self._robot_start_ms = now
@@ -600,48 +718,44 @@ class Controller:
             self._period_ns.push(t_read - self._last_read_ns)
         self._last_time_ms = now
         self._last_read_ns = t_read
-        if buf.success_rate < self._min_success and self._cycles >= 100:
-            self._min_success = buf.success_rate
+        if success < self._min_success and self._cycles >= 100:
+            self._min_success = success
 
-        tau = self._tau_desired
-        ok = self._law_error is None
-        if ok:
+        scale = 1.0
+        if self._law_error is None:
             try:
-                self._compute(tau)
+                self._compute(kernel, now)
             except Exception as exc:  # noqa: BLE001 - reported from the next await
-                wrapped = ControlLawError(f"the {self.mode} law raised {exc!r}; ramping down")
-                wrapped.__cause__ = exc
-                self._law_error = wrapped
-                self._stop_requested = True
-                ok = False
-        if not ok:
-            tau[:] = 0.0
+                self._fail_law(ControlLawError(f"the {self.mode} law raised {exc!r}; ramping down"), exc)
+        if self._law_error is not None:
+            scale = 0.0
         elif self._stop_requested:
             if self._ramp_left < 0:
-                self._ramp_left = max(1, int(self.stop_ramp * 1000.0))
-                self._ramp_total = self._ramp_left
-            self._ramp_left = max(0, self._ramp_left - 1)
-            tau *= self._ramp_left / self._ramp_total
-        command = self._tau_command
-        if not control.safety_filter(tau, self._tau_last, self._dtau_max, self._tau_max, command):
-            self._law_error = ControlLawError(f"the {self.mode} law produced a non-finite torque; ramping down")
-            self._stop_requested = True
-        finished = self._stop_requested and self._ramp_left <= 0 and not command.any()
-        if self._law_error is not None:
-            finished = not command.any()
-        torques = self._robot.torques(command.tolist())
+                self._ramp_left = self._ramp_total = max(1, int(self._stop_ramp * 1000.0))
+            self._ramp_left -= 1
+            scale = self._ramp_left / self._ramp_total
+        command = kernel.finish(scale)
+        if command is None:  # the law produced NaN or inf: finish() stepped towards zero
+            self._fail_law(ControlLawError(f"the {self.mode} law produced a non-finite torque; ramping down"))
+            command = buf.tau_command.tolist()
+        finished = self._stop_requested and scale == 0.0 and not buf.tau_command.any()
+        torques = self._robot.torques(command)
         if finished:
             torques.motion_finished = True
         self._compute_ns.push(time.perf_counter_ns() - t_read)
         ctl.writeOnce(torques)
-        self._tau_last[:] = command
+        kernel.update_last()
         self._cycles += 1
         if now >= self._next_wake_ms:
             self._wake(now)
         return finished
 
-    def _compute(self, tau: np.ndarray) -> None:
-        buf = self._buf
+    def _fail_law(self, error: ControlLawError, cause: BaseException | None = None) -> None:
+        error.__cause__ = cause
+        self._law_error = error
+        self._stop_requested = True
+
+    def _compute(self, kernel, now: int) -> None:
         mode = self._mode
         traj = self._traj
         if traj is not None:
@@ -651,7 +765,7 @@ class Controller:
             if k + 1 < traj.n:
                 self._traj_k = k + 1
             else:
-                self._q_desired = validation.vector("q_desired", traj.target, 7)
+                self._q_desired = traj.final
                 self._traj = None
                 done = self._traj_done
                 if done is not None and not done.done():
@@ -660,15 +774,11 @@ class Controller:
             q_desired = self._q_desired
             dq_desired = self._dq_desired
         if mode == _IMPEDANCE:
-            control.joint_impedance(buf.q, buf.dq, q_desired, dq_desired, self._kp, self._kd, self._ws, tau)
+            kernel.impedance(q_desired, dq_desired, self._kp, self._kd)
         elif mode == _OSC:
-            buf.fill_jacobian(self._robot.model)
-            control.osc(buf.q, buf.dq, buf.ee, buf.jacobian, self._ee_desired, self._ee_kp, self._ee_kd,
-                        q_desired, self._null_kp, self._null_kd, self._ws, tau)
+            kernel.osc(self._ee_desired, self._ee_kp, self._ee_kd, q_desired, self._null_kp, self._null_kd)
         else:
-            tau[:] = self._torque
-        control.joint_limit_guard(buf.q, buf.dq, self._q_min, self._q_max, self.joint_limit_margin,
-                                  self.joint_limit_stiffness, self.joint_limit_damping, tau)
+            kernel.torque(self._torque)
 
     def _wake(self, now: int) -> None:
         nearest = math.inf

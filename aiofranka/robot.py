@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from .exceptions import MissingDependencyError, RobotConnectionError, translate_libfranka
+from .exceptions import InvalidOperationError, MissingDependencyError, RobotConnectionError, translate_libfranka
 
 __all__ = ["Robot", "RobotState"]
 
@@ -62,69 +62,63 @@ class RobotState:
 
 
 class StateBuffer:
-    """Preallocated arrays filled from a pylibfranka ``RobotState`` every cycle.
+    """Preallocated arrays for one control session, and the C kernel working on them.
 
-    ``fill`` touches only the fields a cycle needs (joint state, pose, success
-    rate, time); the Jacobian and mass matrix are filled by ``fill_dynamics``
-    when a law needs them, and the torque readings when a snapshot is taken.
+    ``kernel`` (:class:`aiofranka._kernel.Kernel`) fills ``q``, ``dq`` and the
+    pose from a pylibfranka state, computes the laws into ``tau_desired``, and
+    filters them into ``tau_command`` (see ``_kernel.c``). Matrices are
+    column-major storage exposed as transposed numpy views, as libfranka lays
+    them out. The torque readings and the model's Jacobian and mass matrix are
+    filled only when a snapshot is taken: the loop does not need them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ee_offset: np.ndarray | None = None, *, tau_max=None, dtau_max=None, q_min=None,
+                 q_max=None, margin: float = 0.1, stiffness: float = 100.0, damping: float = 5.0) -> None:
+        from . import _kernel, limits
+
         self.q = np.zeros(7)
         self.dq = np.zeros(7)
-        # Flat storage filled straight from libfranka's column-major lists; the
-        # matrices are transposed views of it, so no copy is needed per cycle.
-        self._ee_flat = np.eye(4).reshape(16)
-        self._ee_raw = self._ee_flat.reshape(4, 4).T
-        self.ee = self._ee_raw
-        self._ee_offset = None
+        self._ee_raw_flat = np.eye(4).reshape(16).copy()
+        self._ee_flat = self._ee_raw_flat if ee_offset is None else np.eye(4).reshape(16).copy()
+        self.ee = self._ee_flat.reshape(4, 4).T
         self._jac_flat = np.zeros(42)
         self.jacobian = self._jac_flat.reshape(7, 6).T
         self._mass_flat = np.zeros(49)
         self.mass = self._mass_flat.reshape(7, 7).T
         self.tau_ext = np.zeros(7)
         self.tau_measured = np.zeros(7)
+        self.tau_desired = np.zeros(7)
         self.tau_command = np.zeros(7)
+        self.tau_last = np.zeros(7)
+        self.dtau_max = np.full(7, limits.DTAU_MAX_PER_CYCLE * 0.95) if dtau_max is None else np.array(dtau_max, float)
+        self.tau_max = np.array(limits.TAU_MAX if tau_max is None else tau_max, dtype=float)
+        self.q_min = np.array(limits.Q_MIN if q_min is None else q_min, dtype=float)
+        self.q_max = np.array(limits.Q_MAX if q_max is None else q_max, dtype=float)
+        self.kernel = _kernel.Kernel(
+            self.q, self.dq, self._ee_raw_flat, self._ee_flat, self._jac_flat, self.tau_desired,
+            self.tau_command, self.tau_last, self.dtau_max, self.tau_max, self.q_min, self.q_max,
+            None if ee_offset is None else np.asarray(ee_offset, dtype=float).reshape(16).tolist(),
+            margin, stiffness, damping)
         self.success_rate = 0.0
         self.time_ms = 0
         self.dynamics_time_ms = -1
-        self.jacobian_time_ms = -1
         self.raw = None  # the pylibfranka state the arrays came from
 
     def fill(self, state) -> None:
+        """Copy what a cycle needs from a pylibfranka state (not used by the loop itself)."""
         self.raw = state
-        q = state.q
-        self.q[:] = q
-        self.dq[:] = state.dq
-        self._ee_flat[:] = state.O_T_EE
-        if self._ee_offset is not None:
-            np.matmul(self._ee_raw, self._ee_offset, out=self.ee)
+        self.kernel.fill(state.q, state.dq, state.O_T_EE)
         self.success_rate = state.control_command_success_rate
         self.time_ms = round(state.time.to_sec() * 1000.0)
 
-    def set_ee_offset(self, offset: np.ndarray | None) -> None:
-        """Report ``O_T_EE @ offset`` as the pose (see ``Robot.ee_offset``)."""
-        if offset is None:
-            self._ee_offset = None
-            self.ee = self._ee_raw
-        else:
-            self._ee_offset = np.array(offset, dtype=float)
-            self.ee = self._ee_raw @ self._ee_offset
-
-    def fill_jacobian(self, model) -> None:
-        self._jac_flat[:] = model.zero_jacobian(self.raw)
-        self.jacobian_time_ms = self.time_ms
-
     def fill_dynamics(self, model) -> None:
-        if self.jacobian_time_ms != self.time_ms:
-            self._jac_flat[:] = model.zero_jacobian(self.raw)
-            self.jacobian_time_ms = self.time_ms
+        """Jacobian and mass matrix of the latest state, from libfranka's model."""
+        self._jac_flat[:] = model.zero_jacobian(self.raw)
         self._mass_flat[:] = model.mass(self.raw)
         self.dynamics_time_ms = self.time_ms
 
     def snapshot(self, model=None) -> RobotState:
         if self.raw is not None:
-            # Torque readings are copied only here: the loop does not need them.
             self.tau_ext[:] = self.raw.tau_ext_hat_filtered
             self.tau_measured[:] = self.raw.tau_J
             if model is not None and self.dynamics_time_ms != self.time_ms:
@@ -206,7 +200,22 @@ class Robot:
             self.ee_offset = np.eye(4)
             self.ee_offset[2, 3] = 0.107
         self._closed = False
-        self._owner_lock = threading.Lock()  # held by whoever drives a control session
+        self._owner = None
+        self._owner_lock = threading.Lock()
+
+    def claim(self, owner) -> bool:
+        """Reserve the robot for one control session; False if another holds it."""
+        with self._owner_lock:
+            if self._owner is not None and self._owner is not owner:
+                return False
+            self._owner = owner
+            return True
+
+    def release(self, owner) -> None:
+        """End ``owner``'s reservation (no-op if it holds none)."""
+        with self._owner_lock:
+            if self._owner is owner:
+                self._owner = None
 
     @staticmethod
     def _fix_scheduling(rt_priority: int | None) -> None:
@@ -231,17 +240,17 @@ class Robot:
     def read(self) -> RobotState:
         """Read one state outside a control session."""
         self._check_open()
+        if self._owner is not None:
+            raise InvalidOperationError("a control session is running on this robot; read its controller's state")
         buf = self.state_buffer()
         with translate_libfranka():
             buf.fill(self._robot.read_once())
             buf.fill_dynamics(self.model)
         return buf.snapshot()
 
-    def state_buffer(self) -> StateBuffer:
+    def state_buffer(self, **options) -> StateBuffer:
         """A new preallocated state buffer set up for this robot's pose convention."""
-        buf = StateBuffer()
-        buf.set_ee_offset(self.ee_offset)
-        return buf
+        return StateBuffer(self.ee_offset, **options)
 
     def set_collision_behavior(self, lower_torque, upper_torque, lower_force, upper_force) -> None:
         """Set collision thresholds (N m for 7 joints, N / N m for 6 Cartesian axes)."""

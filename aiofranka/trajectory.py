@@ -26,6 +26,8 @@ class JointTrajectory:
         self.duration = float(trajectory.duration)
         self.n = n
         self.target = target
+        self.final = target.copy()
+        self.final.flags.writeable = False
         self.positions = np.empty((n, 7))
         self.velocities = np.empty((n, 7))
         self.position_rows: list[np.ndarray] = []

@@ -67,3 +67,21 @@ def test_import_is_light():
 def test_cli_help():
     out = subprocess.run([sys.executable, "-m", "aiofranka.cli", "--help"], capture_output=True, text=True, check=True)
     assert "sim" in out.stdout and "demo" in out.stdout
+
+
+async def test_kernel_kinematics_agree_with_libfrankas_model(robot):
+    """The loop's own FR3 Jacobian equals the model's at several poses of the simulated arm."""
+    from aiofranka import Controller, _kernel, limits
+
+    async with Controller(robot) as controller:
+        for offset in (0.0, 0.3, -0.4):
+            target = limits.Q_HOME.copy()
+            target[0] += offset
+            target[3] += offset / 2
+            await controller.move(target, speed=0.6)
+            state = controller.state
+            ours = np.array(_kernel.jacobian_at(state.q.tolist(), state.ee[:3, 3].tolist())).reshape(7, 6).T
+            # The simulator sends float32 values: agreement to 1e-4.
+            assert np.allclose(ours, state.jacobian, atol=1e-4)
+            flange = np.array(_kernel.flange_pose(state.q.tolist())).reshape(4, 4).T
+            assert np.allclose(flange, state.ee, atol=1e-4)
