@@ -45,8 +45,8 @@ __all__ = [
     "RobotConnectionError",
     "RobotError",
     "RobotState",
-    "SimulatorError",
     "Simulator",
+    "SimulatorError",
     "Summary",
     "__version__",
 ]

@@ -123,7 +123,7 @@ class Controller:
       the guard band near joint limits (rad, N m/rad, N m s/rad).
     * ``stop_ramp``: seconds over which the law's torque is faded to zero on stop.
     * ``switch_interval``: ``sys.setswitchinterval`` while running (seconds;
-      restored on stop), so threads get the GIL often enough (see the timing docs).
+      restored on stop), so threads get the GIL often enough (see docs/controller.md, "The GIL").
     * ``stats_window``: samples kept for the compute and period percentiles.
 
     Example::

@@ -13,7 +13,7 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     ├── ControllerStateError       the call does not fit the controller's lifecycle
     │   └── ControllerStoppedError the controller stopped while the call waited
     ├── MotionTimeoutError         ``move()`` did not arrive in time (also ``TimeoutError``)
-    └── SimulatorError             the embedded simulator could not start or died
+    ├── SimulatorError             the embedded simulator could not start or died
     └── MissingDependencyError     an optional extra is not installed (also ``ImportError``)
 
 Bad values handed in by the user raise the builtin ``ValueError`` (or

@@ -151,6 +151,10 @@ class Robot:
       upper_force)`` in N m (7 each) and N / N m (6 each).
     * ``sim``: options for the embedded simulator, as a dict of
       :class:`~aiofranka.sim.Simulator` keyword arguments (only with ``ip=None``).
+    * ``franka_sim``: the peer is franka-sim, so correct its pose convention
+      (see ``ee_offset``). ``None`` (default): true exactly when aiofranka
+      started the simulator; pass ``True`` when connecting to a simulator
+      started elsewhere (``aiofranka sim``).
 
     Example::
 
@@ -160,7 +164,7 @@ class Robot:
     """
 
     def __init__(self, ip: str | None = None, *, realtime: bool | str = "auto", rt_priority: int | None = 80,
-                 collision_thresholds=None, sim: dict | None = None) -> None:
+                 collision_thresholds=None, sim: dict | None = None, franka_sim: bool | None = None) -> None:
         if ip is not None and (not isinstance(ip, str) or not ip.strip()):
             raise ValueError(f"ip must be an address string or None, got {ip!r}")
         if realtime not in ("auto", True, False):
@@ -196,7 +200,9 @@ class Robot:
         #: taken, so with the simulator the pose is shifted to the flange and
         #: pose and Jacobian describe the same point, as on the real arm.
         self.ee_offset = None
-        if self.simulator is not None:
+        if franka_sim is None:
+            franka_sim = self.simulator is not None
+        if franka_sim:
             self.ee_offset = np.eye(4)
             self.ee_offset[2, 3] = 0.107
         self._closed = False

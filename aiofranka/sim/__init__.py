@@ -89,7 +89,8 @@ class Simulator:
     * ``visualize``: open the MuJoCo viewer (needs a display).
 
     The child's output goes to ``log_path``; :meth:`log_tail` returns its end,
-    and startup failures include it in the error.
+    and startup failures include it in the error. The log is deleted when the
+    simulator stops cleanly and kept otherwise.
     """
 
     def __init__(self, *, host: str | None = None, enforce_comm_constraints: bool = True,
@@ -198,6 +199,12 @@ class Simulator:
             self._log.close()
             self._log = None
         _live.discard(self)
+        # Keep the log only when the simulator did not exit cleanly.
+        if self.log_path is not None and process.returncode in (0, -signal.SIGTERM):
+            try:
+                self.log_path.unlink()
+            except OSError:
+                pass
 
     def log_tail(self, lines: int = 20) -> str:
         """The last ``lines`` lines of the simulator's output."""
