@@ -18,11 +18,16 @@ from .exceptions import (
     InvalidOperationError,
     MissingDependencyError,
     MotionTimeoutError,
+    OffloadError,
     RealtimeError,
     ReflexError,
+    RemoteError,
+    RemoteTraceback,
     RobotConnectionError,
     RobotError,
     SimulatorError,
+    WorkerCrashedError,
+    WorkerStoppedError,
 )
 from .timing import LoopStats, Summary
 
@@ -35,12 +40,17 @@ __all__ = [
     "Controller",
     "ControllerStateError",
     "ControllerStoppedError",
+    "CudaInferenceThread",
     "InvalidOperationError",
     "LoopStats",
     "MissingDependencyError",
     "MotionTimeoutError",
+    "OffloadError",
+    "ProcessProxy",
     "RealtimeError",
     "ReflexError",
+    "RemoteError",
+    "RemoteTraceback",
     "Robot",
     "RobotConnectionError",
     "RobotError",
@@ -48,11 +58,23 @@ __all__ = [
     "Simulator",
     "SimulatorError",
     "Summary",
+    "WorkerCrashedError",
+    "WorkerStoppedError",
     "__version__",
+    "ampify",
+    "async_input",
+    "asyncify",
+    "mpify",
 ]
 
 _LAZY = {
     "Controller": ".controller",
+    "CudaInferenceThread": ".threads",
+    "ProcessProxy": ".process",
+    "ampify": ".process",
+    "async_input": ".threads",
+    "asyncify": ".threads",
+    "mpify": ".process",
     "Robot": ".robot",
     "RobotState": ".robot",
     "Simulator": ".sim",
@@ -60,6 +82,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import Controller
+    from .process import ProcessProxy, ampify, mpify
+    from .threads import CudaInferenceThread, async_input, asyncify
     from .robot import Robot, RobotState
     from .sim import Simulator
 

@@ -18,10 +18,17 @@
  * tests check this file against it.
  */
 #define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
 #include <Python.h>
 #include <structmember.h>
 #include <math.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/timerfd.h>
+#include <time.h>
+#endif
 
 /* FR3 kinematics, modified (Craig) Denavit-Hartenberg parameters per joint:
  * a_{i-1}, d_i, alpha_{i-1}; then the flange (d = 0.107). */
@@ -216,6 +223,24 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+/* ---- laws on raw pointers (shared by the per-law methods and cycle) ------- */
+
+static void law_impedance(Kernel *self, const double *qd, const double *dqd, const double *kp, const double *kd) {
+    const double *q = self->b[B_Q], *dq = self->b[B_DQ];
+    double *tau = self->b[B_TAU_DES];
+    for (int i = 0; i < 7; i++) tau[i] = kp[i] * (qd[i] - q[i]) + kd[i] * (dqd[i] - dq[i]);
+}
+
+static void law_osc(Kernel *self, const double *Td, const double *kp, const double *kd, const double *qn,
+                    const double *nkp, const double *nkd);
+
+static void fill_pose(Kernel *self) {
+    if (self->has_offset)
+        mat4_mul_cm(self->b[B_EE_RAW], self->ee_offset, self->b[B_EE]);
+    else if (self->b[B_EE] != self->b[B_EE_RAW])
+        memcpy(self->b[B_EE], self->b[B_EE_RAW], 16 * sizeof(double));
+}
+
 /* fill(q, dq, O_T_EE): copy a state's lists into the arrays (pose corrected). */
 static PyObject *Kernel_fill(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
@@ -225,10 +250,7 @@ static PyObject *Kernel_fill(Kernel *self, PyObject *const *args, Py_ssize_t nar
     if (read_seq(args[0], self->b[B_Q], 7, "q") < 0 || read_seq(args[1], self->b[B_DQ], 7, "dq") < 0 ||
         read_seq(args[2], self->b[B_EE_RAW], 16, "O_T_EE") < 0)
         return NULL;
-    if (self->has_offset)
-        mat4_mul_cm(self->b[B_EE_RAW], self->ee_offset, self->b[B_EE]);
-    else if (self->b[B_EE] != self->b[B_EE_RAW])
-        memcpy(self->b[B_EE], self->b[B_EE_RAW], 16 * sizeof(double));
+    fill_pose(self);
     Py_RETURN_NONE;
 }
 
@@ -245,10 +267,7 @@ static PyObject *Kernel_impedance(Kernel *self, PyObject *const *args, Py_ssize_
             for (int k = 0; k < i; k++) PyBuffer_Release(&v[k]);
             return NULL;
         }
-    const double *qd = v[0].buf, *dqd = v[1].buf, *kp = v[2].buf, *kd = v[3].buf;
-    const double *q = self->b[B_Q], *dq = self->b[B_DQ];
-    double *tau = self->b[B_TAU_DES];
-    for (int i = 0; i < 7; i++) tau[i] = kp[i] * (qd[i] - q[i]) + kd[i] * (dqd[i] - dq[i]);
+    law_impedance(self, v[0].buf, v[1].buf, v[2].buf, v[3].buf);
     for (int i = 0; i < 4; i++) PyBuffer_Release(&v[i]);
     Py_RETURN_NONE;
 }
@@ -284,7 +303,13 @@ static PyObject *Kernel_osc(Kernel *self, PyObject *const *args, Py_ssize_t narg
             for (int k = 0; k < i; k++) PyBuffer_Release(&v[k]);
             return NULL;
         }
-    const double *Td = v[0].buf, *kp = v[1].buf, *kd = v[2].buf, *qn = v[3].buf, *nkp = v[4].buf, *nkd = v[5].buf;
+    law_osc(self, v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf);
+    for (int i = 0; i < 6; i++) PyBuffer_Release(&v[i]);
+    Py_RETURN_NONE;
+}
+
+static void law_osc(Kernel *self, const double *Td, const double *kp, const double *kd, const double *qn,
+                    const double *nkp, const double *nkd) {
     const double *q = self->b[B_Q], *dq = self->b[B_DQ], *T = self->b[B_EE];
     double *J = self->b[B_JAC], *tau = self->b[B_TAU_DES];
     fr3_jacobian(q, T + 12, J);
@@ -335,26 +360,25 @@ static PyObject *Kernel_osc(Kernel *self, PyObject *const *args, Py_ssize_t narg
         }
         A[r][r] += self->null_damping;
     }
-    for (int i = 0; i < 6; i++) PyBuffer_Release(&v[i]);
     if (chol_solve6(A, y) < 0) {
         for (int c = 0; c < 7; c++) tau[c] = NAN; /* caught by the safety filter */
-        Py_RETURN_NONE;
+        return;
     }
     for (int c = 0; c < 7; c++) {
         double s = 0.0;
         for (int r = 0; r < 6; r++) s += J[c * 6 + r] * y[r];
         tau[c] += tn[c] - s;
     }
-    Py_RETURN_NONE;
 }
 
 /* finish(scale) -> list of 7 floats, or None if the law's output was not finite.
  * tau_desired *= scale; add the joint-limit guard; rate-limit against tau_last;
  * saturate. The command is stored in tau_command (and returned); tau_last is
  * updated by the caller after the write succeeded (update_last()). */
-static PyObject *Kernel_finish(Kernel *self, PyObject *arg) {
-    double scale = PyFloat_AsDouble(arg);
-    if (scale == -1.0 && PyErr_Occurred()) return NULL;
+/* Scale, guard, rate-limit and saturate tau_desired into tau_command.
+ * Returns 1 if the law's output was finite, 0 if it was not (the command is
+ * then one rate-limited step towards zero). */
+static int apply_safety(Kernel *self, double scale) {
     double *tau = self->b[B_TAU_DES], *cmd = self->b[B_TAU_CMD];
     const double *last = self->b[B_TAU_LAST], *dmax = self->b[B_DTAU], *tmax = self->b[B_TAU_MAX];
     const double *q = self->b[B_Q], *dq = self->b[B_DQ], *qmin = self->b[B_QMIN], *qmax = self->b[B_QMAX];
@@ -371,8 +395,6 @@ static PyObject *Kernel_finish(Kernel *self, PyObject *arg) {
         tau[i] = t;
         if (!isfinite(t)) finite = 0;
     }
-    PyObject *out = PyList_New(7);
-    if (!out) return NULL;
     for (int i = 0; i < 7; i++) {
         double c;
         if (finite) {
@@ -389,18 +411,33 @@ static PyObject *Kernel_finish(Kernel *self, PyObject *arg) {
             c = last[i] - d;
         }
         cmd[i] = c;
-        PyObject *f = PyFloat_FromDouble(c);
+    }
+    return finite;
+}
+
+static PyObject *command_list(Kernel *self) {
+    PyObject *out = PyList_New(7);
+    if (!out) return NULL;
+    for (int i = 0; i < 7; i++) {
+        PyObject *f = PyFloat_FromDouble(self->b[B_TAU_CMD][i]);
         if (!f) {
             Py_DECREF(out);
             return NULL;
         }
         PyList_SET_ITEM(out, i, f);
     }
-    if (!finite) {
-        Py_DECREF(out);
-        Py_RETURN_NONE;
-    }
     return out;
+}
+
+/* finish(scale) -> list of 7 floats, or None if the law's output was not finite.
+ * tau_desired *= scale; add the joint-limit guard; rate-limit against tau_last;
+ * saturate. The command is stored in tau_command (and returned); tau_last is
+ * updated by the caller after the write succeeded (update_last()). */
+static PyObject *Kernel_finish(Kernel *self, PyObject *arg) {
+    double scale = PyFloat_AsDouble(arg);
+    if (scale == -1.0 && PyErr_Occurred()) return NULL;
+    if (!apply_safety(self, scale)) Py_RETURN_NONE;
+    return command_list(self);
 }
 
 /* update_last(): tau_last = tau_command; returns True if the command is all zero. */
@@ -439,7 +476,125 @@ static PyObject *Kernel_jacobian_at(PyObject *Py_UNUSED(mod), PyObject *const *a
     return out;
 }
 
+/* ---- one whole cycle without returning to the interpreter ----------------- */
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static PyObject *s_readOnce, *s_writeOnce, *s_q, *s_dq, *s_O_T_EE, *s_time, *s_to_sec, *s_success,
+    *s_motion_finished;
+
+/* Read one attribute list of a state into dst (n values). */
+static int read_attr(PyObject *state, PyObject *name, double *dst, Py_ssize_t n) {
+    PyObject *v = PyObject_GetAttr(state, name);
+    if (!v) return -1;
+    int rc = read_seq(v, dst, n, PyUnicode_AsUTF8(name));
+    Py_DECREF(v);
+    return rc;
+}
+
+/* cycle(ctl, Torques, mode, scale, finish_if_zero, *params)
+ *   mode 0: params = (q_desired, dq_desired, kp, kd)
+ *   mode 1: params = (ee_desired, ee_kp, ee_kd, q_null, null_kp, null_kd)
+ *   mode 2: params = (torque,)
+ * Reads a state, computes the law and the safety filter, writes the command,
+ * all in C: the interpreter's eval loop does not run between readOnce and
+ * writeOnce, so no other thread can take the GIL in between. A law whose
+ * parameters are unusable, or whose output is not finite, yields a step
+ * towards zero. Returns (state, time_ms, success_rate, t_call_ns, t_read_ns,
+ * t_write_ns, flags) with flags bit 0: output was not finite, bit 1: the
+ * command was zero and written with motion_finished. */
+static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 5) {
+        PyErr_SetString(PyExc_TypeError, "cycle(ctl, Torques, mode, scale, finish_if_zero, *params)");
+        return NULL;
+    }
+    PyObject *ctl = args[0], *torques_type = args[1];
+    long mode = PyLong_AsLong(args[2]);
+    double scale = PyFloat_AsDouble(args[3]);
+    int finish_if_zero = PyObject_IsTrue(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    static const Py_ssize_t counts[3] = {4, 6, 1};
+    static const Py_ssize_t lens[3][6] = {{7, 7, 7, 7, 0, 0}, {16, 6, 6, 7, 7, 7}, {7, 0, 0, 0, 0, 0}};
+    if (mode < 0 || mode > 2 || nargs - 5 != counts[mode]) {
+        PyErr_SetString(PyExc_ValueError, "cycle: bad mode or parameter count");
+        return NULL;
+    }
+    Py_buffer v[6];
+    Py_ssize_t held = 0;
+    for (; held < counts[mode]; held++)
+        if (get_vec(args[5 + held], &v[held], lens[mode][held], "cycle parameter") < 0) goto fail_buffers;
+
+    long long t_call = now_ns();
+    PyObject *pair = PyObject_CallMethodNoArgs(ctl, s_readOnce);
+    if (!pair) goto fail_buffers;
+    long long t_read = now_ns();
+    PyObject *state = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) > 0 ? PyTuple_GET_ITEM(pair, 0) : pair;
+    Py_INCREF(state);
+    Py_DECREF(pair);
+    if (read_attr(state, s_q, self->b[B_Q], 7) < 0 || read_attr(state, s_dq, self->b[B_DQ], 7) < 0 ||
+        read_attr(state, s_O_T_EE, self->b[B_EE_RAW], 16) < 0)
+        goto fail_state;
+    fill_pose(self);
+    PyObject *tobj = PyObject_GetAttr(state, s_time);
+    if (!tobj) goto fail_state;
+    PyObject *secs = PyObject_CallMethodNoArgs(tobj, s_to_sec);
+    Py_DECREF(tobj);
+    if (!secs) goto fail_state;
+    double sec = PyFloat_AsDouble(secs);
+    Py_DECREF(secs);
+    PyObject *sr = PyObject_GetAttr(state, s_success);
+    if (!sr) goto fail_state;
+    double success = PyFloat_AsDouble(sr);
+    Py_DECREF(sr);
+    if (PyErr_Occurred()) goto fail_state;
+
+    if (mode == 0)
+        law_impedance(self, v[0].buf, v[1].buf, v[2].buf, v[3].buf);
+    else if (mode == 1)
+        law_osc(self, v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf);
+    else
+        memcpy(self->b[B_TAU_DES], v[0].buf, 7 * sizeof(double));
+    for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
+    held = 0;
+    int finite = apply_safety(self, scale);
+    int zero = 1;
+    for (int i = 0; i < 7; i++)
+        if (self->b[B_TAU_CMD][i] != 0.0) zero = 0;
+    PyObject *list = command_list(self);
+    if (!list) goto fail_state;
+    PyObject *command = PyObject_CallOneArg(torques_type, list);
+    Py_DECREF(list);
+    if (!command) goto fail_state;
+    int finished = finish_if_zero && zero;
+    if (finished && PyObject_SetAttr(command, s_motion_finished, Py_True) < 0) {
+        Py_DECREF(command);
+        goto fail_state;
+    }
+    long long t_write = now_ns();
+    PyObject *ok = PyObject_CallMethodOneArg(ctl, s_writeOnce, command);
+    Py_DECREF(command);
+    if (!ok) goto fail_state;
+    Py_DECREF(ok);
+    memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
+    long long time_ms = llround(sec * 1000.0);
+    int flags = (finite ? 0 : 1) | (finished ? 2 : 0);
+    return Py_BuildValue("(NLdLLLi)", state, time_ms, success, t_call, t_read, t_write, flags);
+
+fail_state:
+    Py_DECREF(state);
+fail_buffers:
+    for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
+    return NULL;
+}
+
 static PyMethodDef Kernel_methods[] = {
+    {"cycle", (PyCFunction)(void (*)(void))Kernel_cycle, METH_FASTCALL,
+     "cycle(ctl, Torques, mode, scale, finish_if_zero, *params) -> (state, time_ms, success, t_call, t_read, "
+     "t_write, flags)"},
     {"fill", (PyCFunction)(void (*)(void))Kernel_fill, METH_FASTCALL, "fill(q, dq, O_T_EE)"},
     {"impedance", (PyCFunction)(void (*)(void))Kernel_impedance, METH_FASTCALL,
      "impedance(q_desired, dq_desired, kp, kd)"},
@@ -474,7 +629,55 @@ static PyTypeObject KernelType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* ---- timerfd: sub-millisecond wakeups for the event loop (Linux) -------- */
+
+static PyObject *k_timerfd_create(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored)) {
+#ifdef __linux__
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(fd);
+#else
+    PyErr_SetString(PyExc_NotImplementedError, "timerfd is Linux-only");
+    return NULL;
+#endif
+}
+
+/* timerfd_arm(fd, deadline_ns): one-shot at an absolute CLOCK_MONOTONIC time
+ * (time.monotonic_ns()); a deadline in the past fires at once. */
+static PyObject *k_timerfd_arm(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+#ifdef __linux__
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "timerfd_arm(fd, deadline_ns) takes 2 arguments");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    long long ns = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    if (ns <= 0) ns = 1; /* zero would disarm */
+    struct itimerspec spec = {{0, 0}, {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)}};
+    if (timerfd_settime((int)fd, TFD_TIMER_ABSTIME, &spec, NULL) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_NotImplementedError, "timerfd is Linux-only");
+    return NULL;
+#endif
+}
+
+/* timerfd_clear(fd) -> expirations read (0 if none pending). */
+static PyObject *k_timerfd_clear(PyObject *Py_UNUSED(mod), PyObject *arg) {
+    long fd = PyLong_AsLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    unsigned long long count = 0;
+    ssize_t got = read((int)fd, &count, sizeof count);
+    if (got < 0 && errno != EAGAIN) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromUnsignedLongLong(got < 0 ? 0 : count);
+}
+
 static PyMethodDef module_methods[] = {
+    {"timerfd_create", (PyCFunction)k_timerfd_create, METH_NOARGS, "a non-blocking CLOCK_MONOTONIC timerfd"},
+    {"timerfd_arm", (PyCFunction)(void (*)(void))k_timerfd_arm, METH_FASTCALL,
+     "arm a timerfd for an absolute monotonic deadline in ns"},
+    {"timerfd_clear", (PyCFunction)k_timerfd_clear, METH_O, "consume a timerfd's expirations"},
     {"flange_pose", (PyCFunction)Kernel_flange_pose, METH_O, "FR3 flange pose (16 values, column-major)"},
     {"jacobian_at", (PyCFunction)(void (*)(void))Kernel_jacobian_at, METH_FASTCALL,
      "FR3 zero Jacobian of a base-frame point (42 values, column-major)"},
@@ -488,6 +691,13 @@ static struct PyModuleDef kernel_module = {
 
 PyMODINIT_FUNC PyInit__kernel(void) {
     if (PyType_Ready(&KernelType) < 0) return NULL;
+    if (!(s_readOnce = PyUnicode_InternFromString("readOnce")) ||
+        !(s_writeOnce = PyUnicode_InternFromString("writeOnce")) || !(s_q = PyUnicode_InternFromString("q")) ||
+        !(s_dq = PyUnicode_InternFromString("dq")) || !(s_O_T_EE = PyUnicode_InternFromString("O_T_EE")) ||
+        !(s_time = PyUnicode_InternFromString("time")) || !(s_to_sec = PyUnicode_InternFromString("to_sec")) ||
+        !(s_success = PyUnicode_InternFromString("control_command_success_rate")) ||
+        !(s_motion_finished = PyUnicode_InternFromString("motion_finished")))
+        return NULL;
     PyObject *m = PyModule_Create(&kernel_module);
     if (!m) return NULL;
     Py_INCREF(&KernelType);

@@ -16,8 +16,12 @@ a cycle over without a second copy of the control path.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+import os
+import select
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import limits, validation
+from . import _kernel
 from .exceptions import (
     AiofrankaError,
     ControlLawError,
@@ -33,8 +38,9 @@ from .exceptions import (
     MotionTimeoutError,
     translate,
 )
-from .robot import Robot, RobotState, StateBuffer
-from .timing import LoopStats, SampleRing
+from .guardian import Guardian, watch_gc
+from .robot import Robot, RobotState
+from .timing import LatencyHistogram, LoopStats
 from .trajectory import plan_joint_motion
 
 __all__ = ["Controller", "MODES"]
@@ -124,7 +130,20 @@ class Controller:
     * ``stop_ramp``: seconds over which the law's torque is faded to zero on stop.
     * ``switch_interval``: ``sys.setswitchinterval`` while running (seconds;
       restored on stop), so threads get the GIL often enough (see docs/controller.md, "The GIL").
-    * ``stats_window``: samples kept for the compute and period percentiles.
+    * ``wait``: how the loop waits for the next state. ``"socket"`` lets the
+      event loop sleep, GIL released, until libfranka's UDP socket has the
+      next state, so ``readOnce`` returns at once (needs ``robot.state_fd``).
+      ``"timerfd"`` (Linux) sleeps until shortly before the state is due (a
+      learned margin) and then blocks in ``readOnce`` briefly. ``"yield"``
+      yields once and blocks in ``readOnce`` (holding the GIL) until the state
+      arrives. ``"auto"`` (default) picks the first available in that order.
+    * ``stall_threshold``: how late (s) the loop may be to claim a due cycle
+      before the guardian records an event-loop stall and names its culprit.
+    * ``gc_freeze``: call ``gc.freeze()`` when the loop starts (and
+      ``gc.unfreeze()`` when it stops), so the garbage collector's periodic
+      passes skip everything that existed before: on a process holding a large
+      library heap, those passes otherwise stall the event loop for
+      milliseconds.
 
     Example::
 
@@ -142,10 +161,23 @@ class Controller:
         asyncio.run(main())
     """
 
+    #: Wake margin before a state is due: start, bounds, growth on a late wakeup
+    #: and decay per early cycle (ns). The margin is learned per session.
+    MARGIN_START_NS = 300_000
+    MARGIN_MIN_NS = 120_000
+    MARGIN_MAX_NS = 700_000
+    MARGIN_GROW_NS = 60_000
+    MARGIN_DECAY_NS = 1_000
+    #: readOnce returning faster than this means the state was already waiting.
+    EARLY_NS = 15_000
+    #: Bounds of the learned state period (ns).
+    PERIOD_MIN_NS = 900_000
+    PERIOD_MAX_NS = 5_000_000
+
     def __init__(self, robot: Robot, *, mode: str = "impedance", torque_rate_limit: float = 0.95,
                  joint_limit_margin: float = 0.1, joint_limit_stiffness: float = 100.0,
                  joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 2e-4,
-                 stats_window: int = 60_000) -> None:
+                 wait: str = "auto", stall_threshold: float = 5e-4, gc_freeze: bool = True) -> None:
         if not isinstance(robot, Robot):
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
@@ -159,8 +191,19 @@ class Controller:
         damping = float(validation.gains("joint_limit_damping", joint_limit_damping, 1)[0])
         self._stop_ramp = validation.positive("stop_ramp", stop_ramp, upper=5.0)
         self._switch_interval = validation.positive("switch_interval", switch_interval, upper=0.1)
-        if not isinstance(stats_window, int) or stats_window < 100:
-            raise ValueError(f"stats_window must be an int >= 100, got {stats_window!r}")
+        if wait not in ("auto", "socket", "timerfd", "yield"):
+            raise ValueError(f"wait must be 'auto', 'socket', 'timerfd' or 'yield', got {wait!r}")
+        if wait == "socket" and robot.state_fd is None:
+            raise ValueError("wait='socket' needs the robot's UDP socket, which was not identified; "
+                             "use 'timerfd' or 'yield'")
+        if wait == "auto":
+            if robot.state_fd is not None:
+                wait = "socket"
+            else:
+                wait = "timerfd" if sys.platform.startswith("linux") else "yield"
+        self._wait_mode = wait
+        self._stall_threshold_ns = int(1e9 * validation.positive("stall_threshold", stall_threshold, upper=0.1))
+        self._gc_freeze = bool(gc_freeze)
 
         # Gains and targets: read-only arrays, replaced whole on assignment.
         self._kp = validation.gains("kp", DEFAULT_KP, 7)
@@ -179,8 +222,11 @@ class Controller:
         self._buf = robot.state_buffer(dtau_max=np.full(7, rate), margin=margin, stiffness=stiffness,
                                        damping=damping)
         self._kernel = self._buf.kernel
-        self._compute_ns = SampleRing(stats_window)
-        self._period_ns = SampleRing(stats_window)
+        self._torques_type = robot.torques_type
+        self._zero_params = (self._zero7,)
+        self._compute_ns = LatencyHistogram()
+        self._period_ns = LatencyHistogram()
+        self._read_wait_ns = LatencyHistogram()
 
         self._task: asyncio.Task | None = None
         self._ctl = None
@@ -199,6 +245,22 @@ class Controller:
         self._ramp_left = -1
         self._ramp_total = 1
         self._switch_interval_in_force = switch_interval
+        # Pacing: when the next state is due, and the guardian's view of it.
+        self._timerfd = -1
+        self._session_done: asyncio.Future | None = None
+        self._state_poll = None
+        self._epoch = 0
+        self._claimed_epoch = 0
+        self._due = (0, 0)
+        self._period_est_ns = 1_000_000
+        self._margin_ns = self.MARGIN_START_NS
+        self._anchor_t = 0
+        self._anchor_ms = 0
+        self._base_t = 0
+        self._base_ms = 0
+        self._next_due_ns = 0
+        self._guardian = None
+        self._guard_running = False
         self._reset_figures()
 
     # -- options (validated; fixed while running where the loop depends on them) --
@@ -347,24 +409,100 @@ class Controller:
         robot = self._robot
         if not robot.claim(self):
             raise ControllerStateError("another controller is driving this robot; stop it first")
-        try:
-            if robot.in_reflex():
-                robot.recover()
-            self._ctl = robot.start_torque_control()
-        except BaseException:
-            robot.release(self)
-            raise
         self._loop = loop
         self._stop_requested = False
+        self._law_error = None
+        self._ramp_left = -1
         self._buf.tau_last[:] = 0.0
         self._buf.tau_command[:] = 0.0
         self._reset_figures()
+        self._margin_ns = self.MARGIN_START_NS
+        self._period_est_ns = 1_000_000
+        self._epoch = self._claimed_epoch = 0
+        self._due = (0, 0)
+        # Everything slow happens before the session opens: once it is open the
+        # robot expects a command every millisecond.
         self._switch_interval_in_force = self._switch_interval
         _switch_interval.enter(self._switch_interval)
+        if self._gc_freeze:
+            gc.collect()
+            gc.freeze()
+        try:
+            if self._wait_mode == "timerfd":
+                if self._timerfd < 0:
+                    self._timerfd = _kernel.timerfd_create()
+                loop.add_reader(self._timerfd, self._on_ready)
+            elif self._wait_mode == "socket":
+                if self._timerfd < 0:
+                    self._timerfd = _kernel.timerfd_create()
+                loop.add_reader(self._timerfd, self._on_silence)
+                self._state_poll = select.poll()
+                self._state_poll.register(robot.state_fd, select.POLLIN)
+                loop.add_reader(robot.state_fd, self._on_ready)
+            self._start_guardian(loop)
+            if robot.in_reflex():
+                robot.recover()
+            self._ctl = robot.start_torque_control()
+        except BaseException as exc:
+            self._finish(None, None)
+            raise exc
         first = loop.create_future()
         self._task = loop.create_task(self._run(first), name="aiofranka-control-loop")
         await first
         self._raise_stored_error()
+
+    def _start_guardian(self, loop) -> None:
+        self._guard_running = True
+        watch_gc(True)
+        self._guardian = Guardian(self, threshold_ns=self._stall_threshold_ns, loop=loop,
+                                  loop_thread_id=threading.get_ident())
+        self._guardian.start()
+
+    def _on_ready(self) -> None:
+        """The state socket became readable (or the timer fired): serve one cycle.
+
+        Runs as an event-loop callback. Level-triggered readiness can be
+        reported again after a cycle already drained the socket, so the socket
+        is polled before reading.
+        """
+        if self._wait_mode == "timerfd":
+            _kernel.timerfd_clear(self._timerfd)
+        elif not self._state_poll.poll(0):
+            return
+        self._serve()
+
+    def _on_silence(self) -> None:
+        """Socket mode: no state arrived long after one was due. Read anyway:
+        ``readOnce`` then waits for libfranka's own timeout and reports the
+        lost connection."""
+        _kernel.timerfd_clear(self._timerfd)
+        self._serve()
+
+    def _serve(self) -> None:
+        done = self._session_done
+        if done is None or done.done():
+            return
+        self._claimed_epoch = self._epoch
+        try:
+            finished = self._cycle(self._ctl)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop coroutine
+            done.set_exception(exc)
+            return
+        if finished:
+            done.set_result(None)
+        else:
+            self._arm_timer()
+
+    #: Socket mode: how long after a state was due the loop reads anyway (ns).
+    SILENCE_NS = 100_000_000
+
+    def _arm_timer(self) -> None:
+        """timerfd mode: wake a learned margin before the next state is due.
+        Socket mode: wake if no state has come long after it was due."""
+        if self._wait_mode == "timerfd":
+            _kernel.timerfd_arm(self._timerfd, self._next_due_ns - self._margin_ns)
+        else:
+            _kernel.timerfd_arm(self._timerfd, self._next_due_ns + self.SILENCE_NS)
 
     async def stop(self) -> None:
         """Ramp the torque down to zero, end the session, and raise any loop error.
@@ -390,6 +528,9 @@ class Controller:
             await self.stop()
         finally:
             self._closed = True
+            if self._timerfd >= 0:
+                os.close(self._timerfd)
+                self._timerfd = -1
 
     async def __aenter__(self) -> "Controller":
         await self.start()
@@ -565,6 +706,7 @@ class Controller:
         """A frozen snapshot of the loop's figures since the last start."""
         wall = (time.monotonic_ns() - self._wall_start_ns) / 1e9 if self._wall_start_ns else 0.0
         robot_time = (self._buf.time_ms - self._robot_start_ms) / 1000.0 if self._robot_start_ms >= 0 else 0.0
+        guardian = self._guardian or self._last_guardian
         return LoopStats(
             cycles=self._cycles,
             lost_cycles=self._lost,
@@ -574,7 +716,14 @@ class Controller:
             robot_time_s=robot_time,
             wall_time_s=wall,
             mode=self.mode,
-            switch_interval_s=self.switch_interval,
+            switch_interval_s=self._switch_interval_in_force,
+            read_wait=self._read_wait_ns.summary(),
+            wait=self._wait_mode,
+            late_wakeups=self._late_wakeups,
+            wake_margin_us=self._margin_ns / 1000.0 if self._wait_mode == "timerfd" else 0.0,
+            stalls=guardian.stall_count if guardian else 0,
+            longest_stall_ms=guardian.longest_stall_ms if guardian else 0.0,
+            culprits=guardian.records() if guardian else (),
         )
 
     def _reset_figures(self) -> None:
@@ -587,6 +736,9 @@ class Controller:
         self._wall_start_ns = 0
         self._compute_ns.clear()
         self._period_ns.clear()
+        self._read_wait_ns.clear()
+        self._late_wakeups = 0
+        self._last_guardian = None
 
     # -- the loop --------------------------------------------------------------
 
@@ -598,12 +750,21 @@ class Controller:
             if self._cycle(ctl, initial=True):
                 return
             first.set_result(None)
-            sleep = asyncio.sleep
-            cycle = self._cycle
-            while True:
-                await sleep(0)
-                if cycle(ctl):
-                    break
+            if self._wait_mode == "yield":
+                cycle = self._cycle
+                while True:
+                    await asyncio.sleep(0)
+                    self._claimed_epoch = self._epoch
+                    if cycle(ctl):
+                        break
+            else:
+                # Cycles run in the readiness callback itself (_on_ready), the
+                # shortest path from a wakeup to the robot; this coroutine
+                # waits for the session to end.
+                done = self._loop.create_future()
+                self._session_done = done
+                self._arm_timer()
+                await done
         except asyncio.CancelledError as exc:
             # Cancelled from outside: finish the session synchronously so the
             # arm is not left with a stale torque.
@@ -646,17 +807,29 @@ class Controller:
             traceback.clear_frames(error.__traceback__)
             error = error.__cause__ or error.__context__
 
-    def _finish(self, error: BaseException | None, first: asyncio.Future) -> None:
+    def _finish(self, error: BaseException | None, first: asyncio.Future | None) -> None:
         self._ctl = None
+        self._session_done = None
         if error is not None and self._loop is not None:
             # After the task's own frame has finished.
             self._loop.call_soon(self._release_frames, error)
         self._traj = None
         _switch_interval.leave(self._switch_interval_in_force)
+        if self._gc_freeze:
+            gc.unfreeze()
         self._robot.release(self)
+        self._guard_running = False
+        if self._guardian is not None:
+            self._last_guardian = self._guardian
+            self._guardian.stop()
+            self._guardian = None
+        if self._timerfd >= 0 and self._loop is not None:
+            self._loop.remove_reader(self._timerfd)
+        if self._wait_mode == "socket" and self._loop is not None and self._robot.state_fd is not None:
+            self._loop.remove_reader(self._robot.state_fd)
         if error is not None:
             self._error = error
-        if not first.done():
+        if first is not None and not first.done():
             if error is not None:
                 first.set_exception(error)
                 first.exception()
@@ -695,68 +868,96 @@ class Controller:
             return
 
     def _cycle(self, ctl, initial: bool = False) -> bool:
-        """One read -> compute -> safety -> write cycle. Returns True when the session ended."""
-        state, _ = ctl.readOnce()
-        t_read = time.perf_counter_ns()
-        buf = self._buf
-        kernel = self._kernel
-        buf.raw = state
-        kernel.fill(state.q, state.dq, state.O_T_EE)
-        now = round(state.time.to_sec() * 1000.0)
-        buf.time_ms = now
-        success = state.control_command_success_rate
-        buf.success_rate = success
-        if initial:
-            self._retarget()
-            self._robot_start_ms = now
-            self._law_error = None
-            self._ramp_left = -1
-        else:
-            gap = now - self._last_time_ms - 1
-            if gap > 0:
-                self._lost += gap
-            self._period_ns.push(t_read - self._last_read_ns)
-        self._last_time_ms = now
-        self._last_read_ns = t_read
-        if success < self._min_success and self._cycles >= 100:
-            self._min_success = success
+        """One read -> compute -> safety -> write cycle. Returns True when the session ended.
 
+        The targets are chosen here, then ``Kernel.cycle`` reads the state,
+        computes the law and the safety filter and writes the command in one
+        C call, so no other thread can take the GIL between read and write.
+        """
         scale = 1.0
-        if self._law_error is None:
-            try:
-                self._compute(kernel, now)
-            except Exception as exc:  # noqa: BLE001 - reported from the next await
-                self._fail_law(ControlLawError(f"the {self.mode} law raised {exc!r}; ramping down"), exc)
         if self._law_error is not None:
             scale = 0.0
         elif self._stop_requested:
             if self._ramp_left < 0:
                 self._ramp_left = self._ramp_total = max(1, int(self._stop_ramp * 1000.0))
-            self._ramp_left -= 1
+            if self._ramp_left > 0:
+                self._ramp_left -= 1
             scale = self._ramp_left / self._ramp_total
-        command = kernel.finish(scale)
-        if command is None:  # the law produced NaN or inf: finish() stepped towards zero
-            self._fail_law(ControlLawError(f"the {self.mode} law produced a non-finite torque; ramping down"))
-            command = buf.tau_command.tolist()
-        finished = self._stop_requested and scale == 0.0 and not buf.tau_command.any()
-        torques = self._robot.torques(command)
-        if finished:
-            torques.motion_finished = True
-        self._compute_ns.push(time.perf_counter_ns() - t_read)
-        ctl.writeOnce(torques)
-        kernel.update_last()
+        finishing = self._stop_requested and scale == 0.0
+        mode = self._mode
+        try:
+            params = self._law_params(mode) if scale > 0.0 else self._zero_params
+        except Exception as exc:  # noqa: BLE001 - reported from the next await
+            self._fail_law(ControlLawError(f"the {self.mode} law raised {exc!r}; ramping down"), exc)
+            params, finishing, scale = self._zero_params, True, 0.0
+        if initial:
+            # The first command is zero torque; targets are then set from that state.
+            params, scale = self._zero_params, 0.0
+        if params is self._zero_params:
+            mode = _TORQUE
+        state, now, success, t_call, t_read, t_write, flags = self._kernel.cycle(
+            ctl, self._torques_type, mode, scale, finishing, *params)
+        buf = self._buf
+        buf.raw = state
+        buf.time_ms = now
+        buf.success_rate = success
+        waited = t_read - t_call
+        if initial:
+            self._retarget()
+            self._robot_start_ms = now
+            self._anchor_t, self._anchor_ms = t_read, now
+            self._base_t, self._base_ms = t_read, now
+        else:
+            gap = now - self._last_time_ms - 1
+            if gap > 0:
+                self._lost += gap
+            self._period_ns.push(t_read - self._last_read_ns)
+            self._read_wait_ns.push(waited)
+            # Learn when states arrive. ``t_read`` is never earlier than the
+            # arrival, and is later by whatever delayed us, so the schedule
+            # follows the lower envelope of the reads: an earlier read than
+            # predicted moves it at once, a later one only by a sixteenth.
+            # The period comes from that schedule's slope over about a second
+            # (a loaded simulator runs slower than 1 kHz; the robot does not).
+            predicted = self._anchor_t + (now - self._anchor_ms) * self._period_est_ns
+            if t_read <= predicted:
+                self._anchor_t = t_read
+            else:
+                self._anchor_t = predicted + ((t_read - predicted) >> 4)
+            self._anchor_ms = now
+            span = now - self._base_ms
+            if span >= 1024:
+                period = (self._anchor_t - self._base_t) // span
+                self._period_est_ns = min(max(period, self.PERIOD_MIN_NS), self.PERIOD_MAX_NS)
+                self._base_t, self._base_ms = self._anchor_t, now
+            if self._wait_mode != "timerfd":
+                pass
+            elif waited > self.EARLY_NS:
+                if self._margin_ns > self.MARGIN_MIN_NS:
+                    self._margin_ns -= self.MARGIN_DECAY_NS
+            else:
+                self._late_wakeups += 1
+                if self._margin_ns < self.MARGIN_MAX_NS:
+                    self._margin_ns += self.MARGIN_GROW_NS
+        self._last_time_ms = now
+        self._last_read_ns = t_read
+        if success < self._min_success and self._cycles >= 100:
+            self._min_success = success
+        self._compute_ns.push(t_write - t_read)
         self._cycles += 1
+        if flags & 1 and self._law_error is None:
+            self._fail_law(ControlLawError(f"the {self.mode} law produced a non-finite torque; ramping down"))
+        # Publish when the next state is due, for the pause and the guardian.
+        due = self._anchor_t + (now + 1 - self._anchor_ms) * self._period_est_ns
+        self._next_due_ns = due
+        self._epoch += 1
+        self._due = (self._epoch, due)
         if now >= self._next_wake_ms:
             self._wake(now)
-        return finished
+        return bool(flags & 2)
 
-    def _fail_law(self, error: ControlLawError, cause: BaseException | None = None) -> None:
-        error.__cause__ = cause
-        self._law_error = error
-        self._stop_requested = True
-
-    def _compute(self, kernel, now: int) -> None:
-        mode = self._mode
+    def _law_params(self, mode: int) -> tuple:
+        """The arrays the active law reads this cycle (advancing a trajectory)."""
         traj = self._traj
         if traj is not None:
             k = self._traj_k
@@ -774,11 +975,15 @@ class Controller:
             q_desired = self._q_desired
             dq_desired = self._dq_desired
         if mode == _IMPEDANCE:
-            kernel.impedance(q_desired, dq_desired, self._kp, self._kd)
-        elif mode == _OSC:
-            kernel.osc(self._ee_desired, self._ee_kp, self._ee_kd, q_desired, self._null_kp, self._null_kd)
-        else:
-            kernel.torque(self._torque)
+            return (q_desired, dq_desired, self._kp, self._kd)
+        if mode == _OSC:
+            return (self._ee_desired, self._ee_kp, self._ee_kd, q_desired, self._null_kp, self._null_kd)
+        return (self._torque,)
+
+    def _fail_law(self, error: ControlLawError, cause: BaseException | None = None) -> None:
+        error.__cause__ = cause
+        self._law_error = error
+        self._stop_requested = True
 
     def _wake(self, now: int) -> None:
         nearest = math.inf

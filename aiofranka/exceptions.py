@@ -14,7 +14,15 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     │   └── ControllerStoppedError the controller stopped while the call waited
     ├── MotionTimeoutError         ``move()`` did not arrive in time (also ``TimeoutError``)
     ├── SimulatorError             the embedded simulator could not start or died
+    ├── OffloadError               an offload helper (thread or child process) failed
+    │   ├── WorkerStoppedError     the helper was stopped (pending or later calls)
+    │   ├── WorkerCrashedError     the helper's thread or child process died
+    │   └── RemoteError            a child raised an exception that could not be sent back as itself
     └── MissingDependencyError     an optional extra is not installed (also ``ImportError``)
+
+An exception raised by the function a helper runs is re-raised at the ``await``
+as itself; for a child process its ``__cause__`` is a :class:`RemoteTraceback`
+holding the child's formatted traceback.
 
 Bad values handed in by the user raise the builtin ``ValueError`` (or
 ``TypeError``) with the parameter's name in the message.
@@ -38,11 +46,16 @@ __all__ = [
     "InvalidOperationError",
     "MissingDependencyError",
     "MotionTimeoutError",
+    "OffloadError",
     "RealtimeError",
     "ReflexError",
+    "RemoteError",
+    "RemoteTraceback",
     "RobotConnectionError",
     "RobotError",
     "SimulatorError",
+    "WorkerCrashedError",
+    "WorkerStoppedError",
     "translate_libfranka",
 ]
 
@@ -101,6 +114,42 @@ class MotionTimeoutError(AiofrankaError, TimeoutError):
 
 class SimulatorError(AiofrankaError):
     """The embedded simulator could not be started or stopped working."""
+
+
+class OffloadError(AiofrankaError):
+    """An offload helper (``asyncify``, ``CudaInferenceThread``, ``mpify``) failed."""
+
+
+class WorkerStoppedError(OffloadError):
+    """The helper was stopped: raised for calls pending at ``stop()`` and calls after it."""
+
+
+class WorkerCrashedError(OffloadError):
+    """The helper's worker thread or child process died; pending and later calls fail with this."""
+
+
+class RemoteError(OffloadError):
+    """A child process raised an exception that could not be sent back as itself.
+
+    ``remote_type`` is the exception's qualified type name and
+    ``remote_traceback`` the child's formatted traceback.
+    """
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+
+class RemoteTraceback(Exception):
+    """Carries a child process's formatted traceback as the ``__cause__`` of a re-raised error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\nTraceback in the child process:\n" + self.text
 
 
 class MissingDependencyError(AiofrankaError, ImportError):

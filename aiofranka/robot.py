@@ -26,6 +26,31 @@ def _pylibfranka():
     return pylibfranka
 
 
+def _udp_sockets() -> set[int]:
+    """File descriptors of this process's UDP (IPv4/IPv6 datagram) sockets."""
+    import socket
+
+    found = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            probe = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if probe.type == socket.SOCK_DGRAM and probe.family in (socket.AF_INET, socket.AF_INET6):
+                found.add(fd)
+        finally:
+            probe.close()
+    return found
+
+
 def _has_preempt_rt() -> bool:
     try:
         with open("/sys/kernel/realtime") as handle:
@@ -184,12 +209,19 @@ class Robot:
         self.ip = ip
         enforce = _has_preempt_rt() if realtime == "auto" else bool(realtime)
         config = pf.RealtimeConfig.kEnforce if enforce else pf.RealtimeConfig.kIgnore
+        before = _udp_sockets()
         try:
             with translate_libfranka():
                 self._robot = pf.Robot(ip, config)
         except BaseException:
             self._stop_simulator()
             raise
+        new = _udp_sockets() - before
+        #: The file descriptor of libfranka's UDP socket (the robot's state
+        #: packets arrive there), when exactly one appeared while connecting;
+        #: ``None`` otherwise. The controller waits for it to become readable
+        #: instead of blocking in ``readOnce`` with the GIL held.
+        self.state_fd: int | None = new.pop() if len(new) == 1 else None
         self._fix_scheduling(rt_priority)
         with translate_libfranka():
             self.model = self._robot.load_model()
@@ -294,7 +326,13 @@ class Robot:
             return self._robot.start_torque_control()
 
     def torques(self, values):
+        """A ``pylibfranka.Torques`` command from seven values (N m)."""
         return self._pf.Torques(values)
+
+    @property
+    def torques_type(self):
+        """The ``pylibfranka.Torques`` class."""
+        return self._pf.Torques
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["LoopStats", "SampleRing", "Summary"]
+__all__ = ["LatencyHistogram", "LoopStats", "SampleRing", "Summary"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,54 @@ class SampleRing:
         return Summary(int(values.size), float(p50), float(p99), float(us.max()), float(us.mean()))
 
 
+class LatencyHistogram:
+    """Durations in 1 us bins up to ``limit_us``, plus the exact maximum.
+
+    ``push`` is one integer division and one array increment; ``summary`` is
+    a cumulative sum over the bins, so a snapshot costs tens of microseconds
+    whatever the number of samples (a percentile over a long sample window
+    costs milliseconds, which would itself stall the event loop). Percentiles
+    are exact to the bin width; samples beyond the last bin count in it.
+    """
+
+    __slots__ = ("_bins", "_last", "_count", "_max", "_sum")
+
+    def __init__(self, limit_us: int = 20_000) -> None:
+        if limit_us <= 0:
+            raise ValueError(f"limit_us must be positive, got {limit_us}")
+        self._bins = np.zeros(limit_us + 1, dtype=np.int64)
+        self._last = limit_us
+        self.clear()
+
+    def clear(self) -> None:
+        self._bins[:] = 0
+        self._count = 0
+        self._max = 0
+        self._sum = 0
+
+    def push(self, value_ns: int) -> None:
+        index = value_ns // 1000
+        self._bins[index if index < self._last else self._last] += 1
+        self._count += 1
+        self._sum += value_ns
+        if value_ns > self._max:
+            self._max = value_ns
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def summary(self) -> Summary:
+        if self._count == 0:
+            return Summary.empty()
+        cumulative = np.cumsum(self._bins)
+        # Same convention as numpy's "lower" percentile, in bin units (+0.5 = bin centre).
+        p50 = int(np.searchsorted(cumulative, 0.50 * self._count, side="left"))
+        p99 = int(np.searchsorted(cumulative, 0.99 * self._count, side="left"))
+        top = self._max / 1000.0
+        return Summary(self._count, min(p50 + 0.5, top), min(p99 + 0.5, top), top, self._sum / self._count / 1000.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopStats:
     """A frozen snapshot of a control loop's figures.
@@ -98,6 +146,13 @@ class LoopStats:
     * ``period``: time between consecutive ``readOnce`` returns.
     * ``robot_time_s``: robot time elapsed since the loop started.
     * ``wall_time_s``: wall-clock time elapsed since the loop started.
+    * ``read_wait``: time spent blocked in ``readOnce`` per cycle (the GIL is
+      held meanwhile: the shorter, the more other threads get).
+    * ``wait``: how the loop waits between cycles (``"timerfd"`` or ``"yield"``).
+    * ``late_wakeups``: cycles whose state was already waiting when the loop
+      woke (the wake margin then grows); ``wake_margin_us`` is its current value.
+    * ``stalls``, ``longest_stall_ms``, ``culprits``: times the event loop was
+      blocked past the stall threshold when a cycle was due, and by what.
     """
 
     cycles: int
@@ -109,6 +164,13 @@ class LoopStats:
     wall_time_s: float
     mode: str
     switch_interval_s: float
+    read_wait: Summary = dataclasses.field(default_factory=Summary.empty)
+    wait: str = "yield"
+    late_wakeups: int = 0
+    wake_margin_us: float = 0.0
+    stalls: int = 0
+    longest_stall_ms: float = 0.0
+    culprits: tuple = ()
 
     @property
     def lost_fraction(self) -> float:
@@ -126,9 +188,13 @@ class LoopStats:
             ("min success rate", f"{self.min_success_rate:.3f}"),
             ("compute (read->write)", str(self.compute)),
             ("period", str(self.period)),
+            ("readOnce wait (GIL held)", str(self.read_wait)),
             ("robot time / wall time", f"{self.robot_time_s:.2f} s / {self.wall_time_s:.2f} s"),
-            ("mode", self.mode),
+            ("mode / wait", f"{self.mode} / {self.wait} (margin {self.wake_margin_us:.0f} us, "
+                            f"{self.late_wakeups} late wakeups)"),
+            ("event-loop stalls", f"{self.stalls} (longest {self.longest_stall_ms:.1f} ms)"),
         ]
+        rows += [("  culprit", f"{c.count}x, longest {c.longest_ms:.1f} ms: {c.culprit}") for c in self.culprits[:5]]
         width = max(len(name) for name, _ in rows)
         lines = [f"== {title} =="] + [f"{name:<{width}}  {value}" for name, value in rows]
         return "\n".join(lines)

@@ -15,6 +15,11 @@ import numpy as np
 from . import limits
 from .exceptions import MissingDependencyError
 
+try:  # imported here, not in move(): a first import inside the loop stalls it for milliseconds
+    from ruckig import InputParameter, Result, Ruckig, Trajectory
+except ImportError:  # pragma: no cover - ruckig is a core dependency
+    Ruckig = None
+
 __all__ = ["JointTrajectory", "plan_joint_motion"]
 
 
@@ -33,7 +38,7 @@ class JointTrajectory:
         self.position_rows: list[np.ndarray] = []
         self.velocity_rows: list[np.ndarray] = []
 
-    async def sample(self, chunk: int = 200) -> None:
+    async def sample(self, chunk: int = 20) -> None:
         """Fill the sample arrays, giving the event loop a turn every ``chunk`` rows."""
         at_time = self._trajectory.at_time
         for k in range(self.n):
@@ -54,10 +59,8 @@ def plan_joint_motion(q_start, dq_start, q_target, *, speed: float) -> JointTraj
 
     ``speed`` scales the velocity, acceleration and jerk limits (0 < speed <= 1).
     """
-    try:
-        from ruckig import InputParameter, Result, Ruckig, Trajectory
-    except ImportError as exc:  # pragma: no cover - ruckig is a core dependency
-        raise MissingDependencyError("ruckig is not installed: pip install aiofranka") from exc
+    if Ruckig is None:  # pragma: no cover - ruckig is a core dependency
+        raise MissingDependencyError("ruckig is not installed: pip install aiofranka")
     inp = InputParameter(7)
     inp.current_position = [float(v) for v in q_start]
     inp.current_velocity = [float(v) for v in np.clip(dq_start, -limits.DQ_MAX, limits.DQ_MAX)]

@@ -5,14 +5,16 @@ enforced), one scenario after another and prints one table:
 
 * ``bare``: a minimal pylibfranka torque loop as an asyncio task (read, joint
   impedance on Python floats, write, ``await asyncio.sleep(0)``): the baseline.
-* ``impedance``, ``torque``: the Controller holding a pose.
+* ``impedance yield|timerfd|socket``: the Controller holding a pose with each
+  way of waiting for the next state; ``torque``: holding in torque mode.
 * ``osc+100Hz``: the Controller in Cartesian impedance tracking a moving
   target (a 5 cm circle at 0.25 Hz) set by a 100 Hz coroutine that also does
   light numpy work.
-* ``thread si=5ms`` / ``thread si=0.2ms``: the Controller holding while a
-  pure-Python thread spins beside it, with the default switch interval and
-  with the Controller's lowered one; the thread's speed is given as a share of
-  its speed alone.
+* ``thr WAIT si=...``: the Controller holding while a pure-Python thread spins
+  beside it, for each way of waiting and with the interpreter's default
+  switch interval (5 ms) or the Controller's lowered one (0.2 ms); the
+  thread's speed is given as a share of its speed alone. ``yield`` with 5 ms
+  is the naive loop.
 
 Every row carries the simulator's own rate (robot states per wall second):
 when the machine is loaded the simulated clock slows instead of the client
@@ -38,11 +40,11 @@ from aiofranka.timing import SampleRing
 
 def row(name, cycles, lost, success, compute, robot_s, wall_s, extra=""):
     rate = robot_s * 1000.0 / wall_s if wall_s else float("nan")
-    return (f"{name:<18} {cycles:>7} {lost:>6} {100.0 * lost / max(1, cycles + lost):>7.3f} {success:>6.3f} "
+    return (f"{name:<22} {cycles:>7} {lost:>6} {100.0 * lost / max(1, cycles + lost):>7.3f} {success:>6.3f} "
             f"{compute.p50_us:>7.1f} {compute.p99_us:>7.1f} {compute.max_us:>8.1f} {rate:>7.0f}  {extra}")
 
 
-HEADER = (f"{'scenario':<18} {'cycles':>7} {'lost':>6} {'lost%':>7} {'minsr':>6} "
+HEADER = (f"{'scenario':<22} {'cycles':>7} {'lost':>6} {'lost%':>7} {'minsr':>6} "
           f"{'cp50us':>7} {'cp99us':>7} {'cmaxus':>8} {'sim/s':>7}  notes")
 
 
@@ -100,13 +102,14 @@ def controller_row(name, stats, extra=""):
                stats.wall_time_s, extra)
 
 
-async def hold(robot: Robot, mode: str, duration: float, **options) -> str:
-    controller = Controller(robot, **options)
+async def hold(robot: Robot, mode: str, duration: float, wait: str = "timerfd") -> str:
+    controller = Controller(robot, wait=wait)
     await controller.start()
     controller.switch(mode)
     await controller.wait(duration)
     await controller.stop()
-    return controller_row(mode, controller.stats)
+    stats = controller.stats
+    return controller_row(f"{mode} {stats.wait}", stats, f"readOnce wait p50 {stats.read_wait.p50_us:.0f} us")
 
 
 async def osc_with_policy(robot: Robot, duration: float) -> str:
@@ -133,7 +136,8 @@ async def osc_with_policy(robot: Robot, duration: float) -> str:
     error = np.linalg.norm(controller.state.ee[:3, 3] - target[:3, 3])
     stats = controller.stats
     await controller.stop()
-    return controller_row("osc+100Hz", stats, f"{ticks / duration:.0f} set/s, last error {1000 * error:.1f} mm")
+    return controller_row(f"osc+100Hz {stats.wait}", stats,
+                          f"{ticks / duration:.0f} set/s, last error {1000 * error:.1f} mm")
 
 
 def spin_rate(seconds: float, stop: threading.Event | None = None) -> float:
@@ -147,8 +151,9 @@ def spin_rate(seconds: float, stop: threading.Event | None = None) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def with_thread(robot: Robot, duration: float, switch_interval: float, solo: float, label: str) -> str:
-    controller = Controller(robot, switch_interval=switch_interval)
+async def with_thread(robot: Robot, duration: float, switch_interval: float, solo: float, label: str,
+                      wait: str) -> str:
+    controller = Controller(robot, switch_interval=switch_interval, wait=wait)
     await controller.start()
     result = []
     thread = threading.Thread(target=lambda: result.append(spin_rate(duration)))
@@ -164,7 +169,7 @@ async def with_thread(robot: Robot, duration: float, switch_interval: float, sol
         await controller.stop()
     except Exception as exc:  # noqa: BLE001
         error = error or exc
-    note = f"thread at {100 * result[0] / solo:.1f} % of solo"
+    note = f"thread at {100 * result[0] / solo:.1f} % of solo; readOnce wait p50 {stats.read_wait.p50_us:.0f} us"
     if error is not None:
         note += f"; {type(error).__name__}: {getattr(error, 'errors', '')}"
     return controller_row(label, stats, note)
@@ -181,13 +186,20 @@ async def main() -> None:
     with Robot() as robot:
         print(f"simulator at {robot.ip}; scenarios of {args.duration:.0f} s (osc {args.osc_duration:.0f} s)",
               flush=True)
+        thread = lambda si, wait: lambda: with_thread(  # noqa: E731
+            robot, args.duration, si, solo, f"thr {wait} si={si * 1e3:g}ms", wait)
         for name, job in (
             ("bare", lambda: bare_loop(robot, args.duration)),
-            ("impedance", lambda: hold(robot, "impedance", args.duration)),
-            ("torque", lambda: hold(robot, "torque", args.duration)),
+            ("impedance yield", lambda: hold(robot, "impedance", args.duration, "yield")),
+            ("impedance timerfd", lambda: hold(robot, "impedance", args.duration, "timerfd")),
+            ("impedance socket", lambda: hold(robot, "impedance", args.duration, "socket")),
+            ("torque", lambda: hold(robot, "torque", args.duration, "auto")),
             ("osc", lambda: osc_with_policy(robot, args.osc_duration)),
-            ("thread 5ms", lambda: with_thread(robot, args.duration, 5e-3, solo, "thread si=5ms")),
-            ("thread 0.2ms", lambda: with_thread(robot, args.duration, 2e-4, solo, "thread si=0.2ms")),
+            ("thread yield 5ms", thread(5e-3, "yield")),
+            ("thread yield 0.2ms", thread(2e-4, "yield")),
+            ("thread timerfd 0.2ms", thread(2e-4, "timerfd")),
+            ("thread socket 5ms", thread(5e-3, "socket")),
+            ("thread socket 0.2ms", thread(2e-4, "socket")),
         ):
             print(f"running {name}...", file=sys.stderr, flush=True)
             rows.append(await job())

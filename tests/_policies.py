@@ -1,0 +1,47 @@
+"""Policies used by the simulator tests of the offload helpers (importable by child processes)."""
+
+from __future__ import annotations
+
+import time
+
+
+def burn_python(seconds: float) -> int:
+    """Pure-Python work that holds the GIL for ``seconds``."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+class GilHoggingPolicy:
+    """A policy whose every call is ``work_s`` of pure Python; returns its input."""
+
+    def __init__(self, work_s: float = 0.02) -> None:
+        self.work_s = work_s
+        self.calls = 0
+
+    def act(self, q):
+        burn_python(self.work_s)
+        self.calls += 1
+        return q
+
+
+def blocking_policy(q, work_s: float = 0.02):
+    """A policy that blocks (GIL released) for ``work_s``, like I/O or a GPU sync."""
+    time.sleep(work_s)
+    return q
+
+
+def make_mlp(seed: int = 0):
+    """A torch MLP with 3 hidden layers of 512 (64 -> 7), batch 1, in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 512), torch.nn.ReLU(),
+        torch.nn.Linear(512, 512), torch.nn.ReLU(),
+        torch.nn.Linear(512, 512), torch.nn.ReLU(),
+        torch.nn.Linear(512, 7),
+    ).eval()
+    return model
