@@ -439,6 +439,9 @@ class Controller:
                 self._state_poll = select.poll()
                 self._state_poll.register(robot.state_fd, select.POLLIN)
                 loop.add_reader(robot.state_fd, self._on_ready)
+                # libuv (uvloop) makes a watched descriptor non-blocking;
+                # libfranka's own reads on it must block.
+                os.set_blocking(robot.state_fd, True)
             self._start_guardian(loop)
             if robot.in_reflex():
                 robot.recover()
@@ -827,6 +830,10 @@ class Controller:
             self._loop.remove_reader(self._timerfd)
         if self._wait_mode == "socket" and self._loop is not None and self._robot.state_fd is not None:
             self._loop.remove_reader(self._robot.state_fd)
+            try:
+                os.set_blocking(self._robot.state_fd, True)
+            except OSError:
+                pass
         if error is not None:
             self._error = error
         if first is not None and not first.done():

@@ -197,5 +197,10 @@ def translate_libfranka() -> Iterator[None]:
     except RuntimeError as exc:
         mapped = translate(exc)
         if mapped is exc:
-            raise
+            if type(exc) is not RuntimeError:
+                raise
+            # pylibfranka also raises bare RuntimeErrors (e.g. "Net Exception"
+            # once the connection is broken).
+            text = str(exc)
+            mapped = RobotConnectionError(text) if "net" in text.lower() else RobotError(text)
         raise mapped from exc

@@ -40,9 +40,18 @@ def test_other_libfranka_errors_map_onto_the_tree(source, target):
 def test_unrelated_errors_pass_through():
     error = KeyError("x")
     assert translate(error) is error
-    with pytest.raises(RuntimeError, match="plain"):
+    with pytest.raises(ValueError, match="plain"):
         with translate_libfranka():
-            raise RuntimeError("plain")
+            raise ValueError("plain")
+
+
+def test_bare_runtime_errors_from_pylibfranka_are_translated():
+    with pytest.raises(aiofranka.RobotConnectionError, match="Net Exception"):
+        with translate_libfranka():
+            raise RuntimeError("Net Exception")
+    with pytest.raises(aiofranka.RobotError, match="odd"):
+        with translate_libfranka():
+            raise RuntimeError("odd")
 
 
 def test_reflex_names_parses_several():
