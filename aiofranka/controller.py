@@ -35,6 +35,7 @@ from .exceptions import (
     ControlLawError,
     ControllerStateError,
     ControllerStoppedError,
+    EventLoopStallError,
     MotionTimeoutError,
     translate,
 )
@@ -63,6 +64,11 @@ DEFAULT_NULL_KD = (2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.5)
 _GAINS = {"kp": 7, "kd": 7, "ee_kp": 6, "ee_kd": 6, "null_kp": 7, "null_kd": 7}
 _TARGETS = ("q_desired", "ee_desired", "torque")
 SETTABLE = tuple(_GAINS) + _TARGETS
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _SwitchInterval:
@@ -139,6 +145,16 @@ class Controller:
       arrives. ``"auto"`` (default) picks the first available in that order.
     * ``stall_threshold``: how late (s) the loop may be to claim a due cycle
       before the guardian records an event-loop stall and names its culprit.
+    * ``guardian``: when the event loop does not claim a due cycle in time,
+      a guardian thread serves cycles itself (same law, latest targets, same
+      safety filter) until the loop is back, then hands the cycle back at a
+      cycle boundary (default True). ``False`` leaves the guardian watching
+      only: stalls are still named, but a long one ends in the
+      communication reflex.
+    * ``on_stall``: ``"warn"`` (default) logs each culprit once;
+      ``"silent"`` takes over without logging; ``"stop"`` takes over but, once
+      a stall lasts ``stall_limit`` seconds (default 0.5), ramps the arm down
+      and raises :class:`~aiofranka.EventLoopStallError` from the next await.
     * ``gc_freeze``: call ``gc.freeze()`` when the loop starts (and
       ``gc.unfreeze()`` when it stops), so the garbage collector's periodic
       passes skip everything that existed before: on a process holding a large
@@ -177,7 +193,8 @@ class Controller:
     def __init__(self, robot: Robot, *, mode: str = "impedance", torque_rate_limit: float = 0.95,
                  joint_limit_margin: float = 0.1, joint_limit_stiffness: float = 100.0,
                  joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 2e-4,
-                 wait: str = "auto", stall_threshold: float = 5e-4, gc_freeze: bool = True) -> None:
+                 wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
+                 on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True) -> None:
         if not isinstance(robot, Robot):
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
@@ -204,6 +221,11 @@ class Controller:
         self._wait_mode = wait
         self._stall_threshold_ns = int(1e9 * validation.positive("stall_threshold", stall_threshold, upper=0.1))
         self._gc_freeze = bool(gc_freeze)
+        if on_stall not in ("warn", "silent", "stop"):
+            raise ValueError(f"on_stall must be 'warn', 'silent' or 'stop', got {on_stall!r}")
+        self._takeover = bool(guardian)
+        self._on_stall = on_stall
+        self._stall_limit_ns = int(1e9 * validation.positive("stall_limit", stall_limit, upper=60.0))
 
         # Gains and targets: read-only arrays, replaced whole on assignment.
         self._kp = validation.gains("kp", DEFAULT_KP, 7)
@@ -249,6 +271,11 @@ class Controller:
         self._timerfd = -1
         self._session_done: asyncio.Future | None = None
         self._state_poll = None
+        # Ownership of the robot connection, cycle by cycle: the loop and the
+        # guardian each serve a cycle only while holding this lock.
+        self._cycle_lock = threading.Lock()
+        self._guardian_active = False
+        self._loop_back = False
         self._epoch = 0
         self._claimed_epoch = 0
         self._due = (0, 0)
@@ -457,8 +484,16 @@ class Controller:
     def _start_guardian(self, loop) -> None:
         self._guard_running = True
         watch_gc(True)
+        priority = None
+        try:
+            if os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO:
+                priority = min(99, os.sched_getparam(0).sched_priority + 1)  # above the loop and user threads
+        except (OSError, AttributeError):
+            pass
         self._guardian = Guardian(self, threshold_ns=self._stall_threshold_ns, loop=loop,
-                                  loop_thread_id=threading.get_ident())
+                                  loop_thread_id=threading.get_ident(), rt_priority=priority,
+                                  takeover=self._takeover, log_stalls=self._on_stall != "silent",
+                                  stop_after_ns=self._stall_limit_ns if self._on_stall == "stop" else None)
         self._guardian.start()
 
     def _on_ready(self) -> None:
@@ -468,6 +503,10 @@ class Controller:
         reported again after a cycle already drained the socket, so the socket
         is polled before reading.
         """
+        if self._guardian_active:
+            # Running at all means the event loop is back: the guardian may
+            # already have read the state that woke us.
+            self._loop_back = True
         if self._wait_mode == "timerfd":
             _kernel.timerfd_clear(self._timerfd)
         elif not self._state_poll.poll(0):
@@ -482,19 +521,61 @@ class Controller:
         self._serve()
 
     def _serve(self) -> None:
+        """Serve one cycle from the event loop, unless the guardian has it."""
         done = self._session_done
         if done is None or done.done():
             return
-        self._claimed_epoch = self._epoch
+        lock = self._cycle_lock
+        if self._guardian_active or not lock.acquire(False):
+            # The guardian is serving: tell it we are back; it hands the
+            # cycle back at the next cycle boundary.
+            self._loop_back = True
+            if self._wait_mode == "timerfd":
+                self._arm_timer()
+            return
         try:
+            self._claimed_epoch = self._epoch
             finished = self._cycle(self._ctl)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop coroutine
             done.set_exception(exc)
             return
+        finally:
+            lock.release()
         if finished:
             done.set_result(None)
-        else:
+        elif self._wait_mode != "yield":
             self._arm_timer()
+
+    # -- called by the guardian thread while it holds the cycle ---------------
+
+    def _guardian_cycle(self) -> bool:
+        """One cycle served by the guardian (the caller holds ``_cycle_lock``)."""
+        self._claimed_epoch = self._epoch
+        return self._cycle(self._ctl, from_guardian=True)
+
+    def _guardian_done(self, error: BaseException | None) -> None:
+        """The guardian ended the session (finished ramp-down, or an error)."""
+        self._guard_running = False  # the session is over: nothing more to serve
+        loop, done = self._loop, self._session_done
+        if loop is None or done is None:
+            return
+
+        def settle() -> None:
+            if not done.done():
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+        loop.call_soon_threadsafe(settle)
+
+    def _stall_stop(self, culprit: str, elapsed_ms: float) -> None:
+        """on_stall="stop": ramp the arm down and report the stall."""
+        if self._law_error is None:
+            self._law_error = EventLoopStallError(
+                f"the event loop was blocked for more than {self._stall_limit_ns / 1e6:.0f} ms "
+                f"(by {culprit}); the arm was ramped down", culprit=culprit, duration_ms=elapsed_ms)
+            self._stop_requested = True
 
     #: Socket mode: how long after a state was due the loop reads anyway (ns).
     SILENCE_NS = 100_000_000
@@ -727,6 +808,9 @@ class Controller:
             stalls=guardian.stall_count if guardian else 0,
             longest_stall_ms=guardian.longest_stall_ms if guardian else 0.0,
             culprits=guardian.records() if guardian else (),
+            takeovers=guardian.takeovers if guardian else 0,
+            guardian_cycles=self._guardian_cycles,
+            longest_takeover_ms=guardian.longest_takeover_ms if guardian else 0.0,
         )
 
     def _reset_figures(self) -> None:
@@ -742,6 +826,7 @@ class Controller:
         self._read_wait_ns.clear()
         self._late_wakeups = 0
         self._last_guardian = None
+        self._guardian_cycles = 0
 
     # -- the loop --------------------------------------------------------------
 
@@ -753,21 +838,18 @@ class Controller:
             if self._cycle(ctl, initial=True):
                 return
             first.set_result(None)
+            done = self._loop.create_future()
+            self._session_done = done
             if self._wait_mode == "yield":
-                cycle = self._cycle
-                while True:
+                while not done.done():
                     await asyncio.sleep(0)
-                    self._claimed_epoch = self._epoch
-                    if cycle(ctl):
-                        break
+                    self._serve()
             else:
                 # Cycles run in the readiness callback itself (_on_ready), the
                 # shortest path from a wakeup to the robot; this coroutine
                 # waits for the session to end.
-                done = self._loop.create_future()
-                self._session_done = done
                 self._arm_timer()
-                await done
+            await done
         except asyncio.CancelledError as exc:
             # Cancelled from outside: finish the session synchronously so the
             # arm is not left with a stale torque.
@@ -874,7 +956,7 @@ class Controller:
         except Exception:  # noqa: BLE001 - the session is already ending; the robot holds
             return
 
-    def _cycle(self, ctl, initial: bool = False) -> bool:
+    def _cycle(self, ctl, initial: bool = False, from_guardian: bool = False) -> bool:
         """One read -> compute -> safety -> write cycle. Returns True when the session ended.
 
         The targets are chosen here, then ``Kernel.cycle`` reads the state,
@@ -893,7 +975,7 @@ class Controller:
         finishing = self._stop_requested and scale == 0.0
         mode = self._mode
         try:
-            params = self._law_params(mode) if scale > 0.0 else self._zero_params
+            params = self._law_params(mode, from_guardian) if scale > 0.0 else self._zero_params
         except Exception as exc:  # noqa: BLE001 - reported from the next await
             self._fail_law(ControlLawError(f"the {self.mode} law raised {exc!r}; ramping down"), exc)
             params, finishing, scale = self._zero_params, True, 0.0
@@ -959,11 +1041,16 @@ class Controller:
         self._next_due_ns = due
         self._epoch += 1
         self._due = (self._epoch, due)
+        if from_guardian:
+            self._guardian_cycles += 1
         if now >= self._next_wake_ms:
-            self._wake(now)
+            if from_guardian:
+                self._loop.call_soon_threadsafe(self._wake, now)
+            else:
+                self._wake(now)
         return bool(flags & 2)
 
-    def _law_params(self, mode: int) -> tuple:
+    def _law_params(self, mode: int, from_guardian: bool = False) -> tuple:
         """The arrays the active law reads this cycle (advancing a trajectory)."""
         traj = self._traj
         if traj is not None:
@@ -976,8 +1063,11 @@ class Controller:
                 self._q_desired = traj.final
                 self._traj = None
                 done = self._traj_done
-                if done is not None and not done.done():
-                    done.set_result(None)
+                if done is not None:
+                    if from_guardian:
+                        self._loop.call_soon_threadsafe(_settle, done)
+                    elif not done.done():
+                        done.set_result(None)
         else:
             q_desired = self._q_desired
             dq_desired = self._dq_desired

@@ -13,6 +13,7 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     ├── ControllerStateError       the call does not fit the controller's lifecycle
     │   └── ControllerStoppedError the controller stopped while the call waited
     ├── MotionTimeoutError         ``move()`` did not arrive in time (also ``TimeoutError``)
+    ├── EventLoopStallError        the event loop stalled past the limit (``on_stall="stop"``)
     ├── SimulatorError             the embedded simulator could not start or died
     ├── OffloadError               an offload helper (thread or child process) failed
     │   ├── WorkerStoppedError     the helper was stopped (pending or later calls)
@@ -43,6 +44,7 @@ __all__ = [
     "ControlLawError",
     "ControllerStateError",
     "ControllerStoppedError",
+    "EventLoopStallError",
     "InvalidOperationError",
     "MissingDependencyError",
     "MotionTimeoutError",
@@ -110,6 +112,19 @@ class ControllerStoppedError(ControllerStateError):
 
 class MotionTimeoutError(AiofrankaError, TimeoutError):
     """A motion did not reach its goal within the allowed time."""
+
+
+class EventLoopStallError(AiofrankaError):
+    """The event loop was blocked longer than the controller's ``stall_limit``.
+
+    Raised with ``on_stall="stop"``: the guardian kept the arm fed, then ramped
+    it down. ``culprit`` names what was blocking the loop.
+    """
+
+    def __init__(self, message: str, culprit: str = "", duration_ms: float = 0.0) -> None:
+        super().__init__(message)
+        self.culprit = culprit
+        self.duration_ms = duration_ms
 
 
 class SimulatorError(AiofrankaError):

@@ -153,6 +153,8 @@ class LoopStats:
       woke (the wake margin then grows); ``wake_margin_us`` is its current value.
     * ``stalls``, ``longest_stall_ms``, ``culprits``: times the event loop was
       blocked past the stall threshold when a cycle was due, and by what.
+    * ``takeovers``, ``guardian_cycles``, ``longest_takeover_ms``: times the
+      guardian served cycles for a blocked loop, how many, and the longest run.
     """
 
     cycles: int
@@ -171,6 +173,9 @@ class LoopStats:
     stalls: int = 0
     longest_stall_ms: float = 0.0
     culprits: tuple = ()
+    takeovers: int = 0
+    guardian_cycles: int = 0
+    longest_takeover_ms: float = 0.0
 
     @property
     def lost_fraction(self) -> float:
@@ -193,6 +198,8 @@ class LoopStats:
             ("mode / wait", f"{self.mode} / {self.wait} (margin {self.wake_margin_us:.0f} us, "
                             f"{self.late_wakeups} late wakeups)"),
             ("event-loop stalls", f"{self.stalls} (longest {self.longest_stall_ms:.1f} ms)"),
+            ("guardian takeovers", f"{self.takeovers} ({self.guardian_cycles} cycles served, "
+                                   f"longest {self.longest_takeover_ms:.1f} ms)"),
         ]
         rows += [("  culprit", f"{c.count}x, longest {c.longest_ms:.1f} ms: {c.culprit}") for c in self.culprits[:5]]
         width = max(len(name) for name, _ in rows)

@@ -1,0 +1,130 @@
+"""The guardian keeps the arm fed while the event loop is stalled (simulator, contract enforced)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+
+import aiofranka
+from aiofranka import Controller, limits
+
+from _policies import burn_python
+
+pytestmark = pytest.mark.sim
+
+JOINT_TOL = 0.01  # rad, the tracking tolerance of docs/controller.md
+
+
+@pytest.fixture
+async def settled(robot):
+    async with Controller(robot) as controller:
+        await controller.move(limits.Q_HOME, speed=0.6)
+        await controller.wait(0.5)
+        yield controller
+
+
+async def blocked_once_a_second(controller: Controller, block, seconds: float = 20.0) -> None:
+    for _ in range(int(seconds)):
+        block()
+        await controller.wait(1.0)
+
+
+def check_stalls_were_covered(controller: Controller, stalls: int) -> None:
+    stats = controller.stats
+    print(f"\n{stats.table('guardian')}")
+    # The guardian served cycles during the stalls (how many depends on how far
+    # the simulator's own clock advanced meanwhile: a loaded machine slows it).
+    assert stats.takeovers >= 1 and stats.guardian_cycles >= 1
+    assert stats.lost_cycles <= stalls  # at most one per stall (aim: 0)
+    assert stats.guardian_cycles < 0.1 * stats.cycles  # the coroutine is in charge the rest of the time
+
+
+@pytest.mark.slow
+async def test_sleep_30ms_once_a_second_for_20_s(settled):
+    await blocked_once_a_second(settled, lambda: time.sleep(0.03))
+    assert settled.running
+    check_stalls_were_covered(settled, 20)
+    assert np.max(np.abs(settled.state.q - limits.Q_HOME)) < JOINT_TOL
+
+
+@pytest.mark.slow
+async def test_pure_python_30ms_once_a_second_for_20_s(settled):
+    await blocked_once_a_second(settled, lambda: burn_python(0.03))
+    assert settled.running
+    check_stalls_were_covered(settled, 20)
+    assert any("burn_python" in c.culprit for c in settled.stats.culprits)
+
+
+async def test_a_two_second_sleep_is_covered_and_the_pose_holds(settled):
+    before = settled.state.q
+    lost_before = settled.stats.lost_cycles
+    cycles_before, robot_ms_before = settled.stats.cycles, settled._buf.time_ms
+    time.sleep(2.0)
+    # Taken right after the stall, before the event loop ran again.
+    during, robot_ms_during = settled.stats, settled._buf.time_ms
+    await settled.wait(0.5)
+    after = settled.stats
+    assert np.max(np.abs(settled.state.q - before)) < JOINT_TOL
+    # The guardian answered the states of the stall (the simulator may run
+    # slower than 1 kHz on a loaded machine, so count its own milliseconds).
+    assert robot_ms_during - robot_ms_before >= 500
+    assert during.cycles - cycles_before >= 0.95 * (robot_ms_during - robot_ms_before)
+    assert after.longest_takeover_ms >= 1900
+    assert after.lost_cycles - lost_before <= 2
+    # Handed back: the last 0.5 s were served by the coroutine.
+    assert after.cycles - during.cycles >= 400
+    assert after.guardian_cycles - during.guardian_cycles < 0.1 * (after.cycles - during.cycles)
+
+
+async def test_a_30ms_block_survives_by_default(settled):
+    time.sleep(0.03)
+    await settled.wait(0.3)
+    assert settled.running
+    assert settled.stats.takeovers >= 1
+
+
+async def test_on_stall_stop_ramps_down_and_raises(robot):
+    controller = Controller(robot, on_stall="stop", stall_limit=0.2)
+    await controller.start()
+    await controller.wait(0.2)
+    time.sleep(1.0)
+    with pytest.raises(aiofranka.EventLoopStallError) as info:
+        await controller.wait(0.5)
+    assert "test_on_stall_stop_ramps_down_and_raises" in info.value.culprit
+    assert info.value.duration_ms >= 200
+    assert not controller.running
+    assert not controller._buf.tau_command.any()  # ramped to zero before the session ended
+    with pytest.raises(aiofranka.EventLoopStallError):
+        await controller.stop()
+
+
+async def test_on_stall_silent_takes_over_without_logging(robot, caplog):
+    caplog.set_level(logging.WARNING, logger="aiofranka")
+    async with Controller(robot, on_stall="silent") as controller:
+        time.sleep(0.03)
+        await controller.wait(0.2)
+        assert controller.stats.takeovers >= 1
+    assert not [r for r in caplog.records if "blocked" in r.getMessage()]
+
+
+async def test_targets_set_before_a_stall_are_tracked_during_it(settled):
+    target = limits.Q_HOME.copy()
+    target[0] += 0.15
+    settled.q_desired = target
+    time.sleep(0.5)  # the guardian tracks the new target while the loop is blocked
+    stats = settled.stats
+    assert stats.takeovers >= 1
+    assert np.max(np.abs(settled._buf.q - target)) < JOINT_TOL
+    await settled.wait(0.2)
+
+
+def test_bad_guardian_options():
+    robot = object.__new__(aiofranka.Robot)  # options are checked before the robot is used
+    robot.state_fd = None
+    with pytest.raises(ValueError, match="on_stall must be"):
+        Controller.__init__(object.__new__(Controller), robot, on_stall="panic")
+    with pytest.raises(ValueError, match="stall_limit must be"):
+        Controller.__init__(object.__new__(Controller), robot, stall_limit=0)
