@@ -48,6 +48,7 @@ __all__ = [
     "MissingDependencyError",
     "MotionTimeoutError",
     "OffloadError",
+    "Pacer",
     "ProcessProxy",
     "RealtimeError",
     "ReflexError",
@@ -57,6 +58,8 @@ __all__ = [
     "RobotConnectionError",
     "RobotError",
     "RobotState",
+    "Session",
+    "SessionStats",
     "Simulator",
     "SimulatorError",
     "Summary",
@@ -67,6 +70,7 @@ __all__ = [
     "async_input",
     "asyncify",
     "mpify",
+    "run",
 ]
 
 _LAZY = {
@@ -79,6 +83,10 @@ _LAZY = {
     "mpify": ".process",
     "Robot": ".robot",
     "RobotState": ".robot",
+    "Pacer": ".session",
+    "Session": ".session",
+    "SessionStats": ".session",
+    "run": ".session",
     "Simulator": ".sim",
 }
 
@@ -87,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .process import ProcessProxy, ampify, mpify
     from .threads import CudaInferenceThread, async_input, asyncify
     from .robot import Robot, RobotState
+    from .session import Pacer, Session, SessionStats, run
     from .sim import Simulator
 
 

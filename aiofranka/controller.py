@@ -276,6 +276,7 @@ class Controller:
         self._cycle_lock = threading.Lock()
         self._guardian_active = False
         self._loop_back = False
+        self._session_finished = False
         self._epoch = 0
         self._claimed_epoch = 0
         self._due = (0, 0)
@@ -438,6 +439,7 @@ class Controller:
             raise ControllerStateError("another controller is driving this robot; stop it first")
         self._loop = loop
         self._stop_requested = False
+        self._session_finished = False
         self._law_error = None
         self._ramp_left = -1
         self._buf.tau_last[:] = 0.0
@@ -531,7 +533,10 @@ class Controller:
             # cycle back at the next cycle boundary.
             self._loop_back = True
             if self._wait_mode == "timerfd":
-                self._arm_timer()
+                # Check again shortly (not at once: a deadline already past
+                # would spin the event loop and starve the guardian of the GIL).
+                _kernel.timerfd_arm(self._timerfd, max(self._next_due_ns - self._margin_ns,
+                                                       time.monotonic_ns() + 200_000))
             return
         try:
             self._claimed_epoch = self._epoch
@@ -842,7 +847,9 @@ class Controller:
             self._session_done = done
             if self._wait_mode == "yield":
                 while not done.done():
-                    await asyncio.sleep(0)
+                    # While the guardian holds the cycle, back off instead of
+                    # spinning the event loop (it needs the GIL to serve).
+                    await asyncio.sleep(0.001 if self._guardian_active else 0)
                     self._serve()
             else:
                 # Cycles run in the readiness callback itself (_on_ready), the
@@ -938,9 +945,25 @@ class Controller:
             self._traj_done.exception()
 
     def _emergency_ramp(self, ctl) -> None:
-        """Bring the command to zero at the rate limit, blocking; best effort."""
-        if ctl is None:
+        """Bring the command to zero at the rate limit, blocking; best effort.
+
+        The guardian is stopped first and the cycle lock taken, so the robot
+        connection still has a single user.
+        """
+        if ctl is None or self._session_finished:
             return
+        self._guard_running = False
+        guardian = self._guardian
+        if guardian is not None and threading.current_thread() is not guardian:
+            guardian.stop()
+        if not self._cycle_lock.acquire(timeout=2.0):
+            return
+        try:
+            self._ramp_to_zero(ctl)
+        finally:
+            self._cycle_lock.release()
+
+    def _ramp_to_zero(self, ctl) -> None:
         kernel, torques = self._kernel, self._robot.torques
         self._buf.tau_desired[:] = 0.0
         try:
@@ -1041,6 +1064,8 @@ class Controller:
         self._next_due_ns = due
         self._epoch += 1
         self._due = (self._epoch, due)
+        if flags & 2:
+            self._session_finished = True  # motion_finished was written
         if from_guardian:
             self._guardian_cycles += 1
         if now >= self._next_wake_ms:

@@ -15,6 +15,9 @@ enforced), one scenario after another and prints one table:
   switch interval (5 ms) or the Controller's lowered one (0.2 ms); the
   thread's speed is given as a share of its speed alone. ``yield`` with 5 ms
   is the naive loop.
+* ``bare + L2`` / ``L2 KIND guard=on|off``: the event loop blocked for 30 ms
+  once a second (``time.sleep`` or pure Python), for the bare loop and for the
+  Controller with its guardian switched off and on.
 
 Every row carries the simulator's own rate (robot states per wall second):
 when the machine is loaded the simulated clock slows instead of the client
@@ -140,6 +143,54 @@ async def osc_with_policy(robot: Robot, duration: float) -> str:
                           f"{ticks / duration:.0f} set/s, last error {1000 * error:.1f} mm")
 
 
+async def blocker(kind: str) -> None:
+    """L2 load: block the event loop for 30 ms once a second."""
+    while True:
+        await asyncio.sleep(1.0)
+        if kind == "sleep":
+            time.sleep(0.03)
+        else:
+            end = time.perf_counter() + 0.03
+            while time.perf_counter() < end:
+                pass
+
+
+async def bare_under_l2(robot: Robot, duration: float) -> str:
+    """The bare pylibfranka loop with the L2 load beside it."""
+    task = asyncio.create_task(blocker("sleep"))
+    try:
+        return await bare_loop(robot, duration)
+    except Exception as exc:  # noqa: BLE001 - a reflex is the expected result
+        return f"{'bare + L2 sleep':<22} {type(exc).__name__}: {exc}"
+    finally:
+        task.cancel()
+
+
+async def controller_under_l2(robot: Robot, duration: float, kind: str, guardian: bool) -> str:
+    controller = Controller(robot, guardian=guardian)
+    await controller.start()
+    task = asyncio.create_task(blocker(kind))
+    label = f"L2 {kind} guard={'on' if guardian else 'off'}"
+    error = None
+    try:
+        await controller.wait(duration)
+    except Exception as exc:  # noqa: BLE001 - a reflex is a result here
+        error = exc
+    finally:
+        task.cancel()
+    stats = controller.stats
+    try:
+        await controller.stop()
+    except Exception as exc:  # noqa: BLE001
+        error = error or exc
+    stalls = max(1, int(stats.robot_time_s))
+    note = (f"{stats.takeovers} takeovers, {stats.guardian_cycles} guardian cycles, "
+            f"{stats.lost_cycles / stalls:.2f} lost per stall")
+    if error is not None:
+        note = f"{type(error).__name__} {getattr(error, 'errors', '')} after {stats.robot_time_s:.1f} s; " + note
+    return controller_row(label, stats, note)
+
+
 def spin_rate(seconds: float, stop: threading.Event | None = None) -> float:
     """Iterations per second of a pure-Python counting loop."""
     n = 0
@@ -179,6 +230,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per holding scenario")
     parser.add_argument("--osc-duration", type=float, default=60.0, help="seconds of the OSC scenario")
+    parser.add_argument("--l2-duration", type=float, default=60.0,
+                        help="seconds of each L2 scenario with the guardian on")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, default switch interval {sys.getswitchinterval()}", flush=True)
     solo = spin_rate(2.0)
@@ -200,6 +253,10 @@ async def main() -> None:
             ("thread timerfd 0.2ms", thread(2e-4, "timerfd")),
             ("thread socket 5ms", thread(5e-3, "socket")),
             ("thread socket 0.2ms", thread(2e-4, "socket")),
+            ("bare L2", lambda: bare_under_l2(robot, min(args.duration, 5.0))),
+            ("L2 sleep, guardian off", lambda: controller_under_l2(robot, min(args.duration, 5.0), "sleep", False)),
+            ("L2 sleep, guardian on", lambda: controller_under_l2(robot, args.l2_duration, "sleep", True)),
+            ("L2 python, guardian on", lambda: controller_under_l2(robot, args.l2_duration, "python", True)),
         ):
             print(f"running {name}...", file=sys.stderr, flush=True)
             rows.append(await job())

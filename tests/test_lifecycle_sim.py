@@ -83,7 +83,7 @@ async def test_an_exception_in_the_law_ramps_down_and_is_raised_from_the_next_aw
     await controller.wait(0.1)
     assert controller.state.tau_command[0] == pytest.approx(3.0)
 
-    def broken(mode):
+    def broken(*_args, **_kwargs):
         raise ZeroDivisionError("law bug")
 
     controller._law_params = broken  # fault injection
