@@ -1,16 +1,18 @@
 """The asyncio Controller: a 1 kHz torque loop that lives on the event loop.
 
-The loop is a coroutine clocked by the robot's own state packets: each cycle
-blocks in ``readOnce()`` until the next state arrives, computes the torque of
-the active law from preallocated arrays, passes it through the safety filter
-(rate limit, saturation, joint-limit guard), writes it, records its figures and
-yields to the other coroutines.
+The loop is clocked by the robot's own state packets. By default the event
+loop sleeps, GIL released, until libfranka's UDP socket holds the next state
+(``wait="socket"``); the readiness callback then serves one cycle: one C call
+(``Kernel.cycle``) reads the state, computes the active law from preallocated
+arrays, passes it through the safety filter (rate limit, saturation,
+joint-limit guard) and writes the command, with no interpreter eval loop in
+between, so no other thread can take the GIL mid-cycle. Figures are recorded
+and the callback returns; other coroutines run until the next state.
 
-One cycle is :meth:`Controller._cycle`: a plain synchronous method that reads,
-computes and writes with whatever latest targets and gains are published. The
-coroutine drives it; nothing in it depends on being called from the event
-loop, so another driver (a guardian thread, a different wait strategy) can take
-a cycle over without a second copy of the control path.
+One cycle is :meth:`Controller._cycle`, a plain synchronous method that any
+owner of the cycle lock may call: the event loop (``_serve``) or the guardian
+thread, which serves cycles while the event loop is blocked (see
+:mod:`aiofranka.guardian`). See docs/timing.md and docs/guardian.md.
 """
 
 from __future__ import annotations
@@ -103,6 +105,29 @@ class _SwitchInterval:
 _switch_interval = _SwitchInterval()
 
 
+class _GcFreezer:
+    """``gc.freeze()`` while any controller runs; ``gc.unfreeze()`` after the last."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def enter(self) -> None:
+        if self._count == 0:
+            gc.collect()
+            gc.freeze()
+        self._count += 1
+
+    def leave(self) -> None:
+        if self._count == 0:
+            return
+        self._count -= 1
+        if self._count == 0:
+            gc.unfreeze()
+
+
+_gc_freezer = _GcFreezer()
+
+
 class _Waiter:
     """A future resolved by the loop once the robot clock reaches ``deadline_ms``."""
 
@@ -135,7 +160,7 @@ class Controller:
       the guard band near joint limits (rad, N m/rad, N m s/rad).
     * ``stop_ramp``: seconds over which the law's torque is faded to zero on stop.
     * ``switch_interval``: ``sys.setswitchinterval`` while running (seconds;
-      restored on stop), so threads get the GIL often enough (see docs/controller.md, "The GIL").
+      restored on stop), so threads get the GIL often enough (see docs/timing.md).
     * ``wait``: how the loop waits for the next state. ``"socket"`` lets the
       event loop sleep, GIL released, until libfranka's UDP socket has the
       next state, so ``readOnce`` returns at once (needs ``robot.state_fd``).
@@ -213,6 +238,8 @@ class Controller:
         if wait == "socket" and robot.state_fd is None:
             raise ValueError("wait='socket' needs the robot's UDP socket, which was not identified; "
                              "use 'timerfd' or 'yield'")
+        if wait == "timerfd" and not sys.platform.startswith("linux"):
+            raise ValueError("wait='timerfd' needs Linux; use 'socket' or 'yield'")
         if wait == "auto":
             if robot.state_fd is not None:
                 wait = "socket"
@@ -454,8 +481,7 @@ class Controller:
         self._switch_interval_in_force = self._switch_interval
         _switch_interval.enter(self._switch_interval)
         if self._gc_freeze:
-            gc.collect()
-            gc.freeze()
+            _gc_freezer.enter()
         try:
             if self._wait_mode == "timerfd":
                 if self._timerfd < 0:
@@ -908,7 +934,7 @@ class Controller:
         self._traj = None
         _switch_interval.leave(self._switch_interval_in_force)
         if self._gc_freeze:
-            gc.unfreeze()
+            _gc_freezer.leave()
         self._robot.release(self)
         self._guard_running = False
         if self._guardian is not None:

@@ -1,9 +1,11 @@
-"""Loop figures: preallocated sample rings and frozen percentile snapshots.
+"""Loop figures: preallocated recorders and frozen percentile snapshots.
 
-One mechanism serves every loop in aiofranka: a loop records integer
-nanosecond samples into a :class:`SampleRing` (no allocation per sample), and
-:meth:`SampleRing.summary` turns the latest window into a frozen
-:class:`Summary` on demand, off the hot path.
+A loop records integer nanosecond samples without allocating: the
+Controller into :class:`LatencyHistogram` (1 us bins over the whole session,
+so a snapshot is cheap enough to take from the event loop), the Session's
+pacer into :class:`SampleRing` (the newest N samples, for windowed
+statistics). Either turns its samples into a frozen :class:`Summary` on
+demand, off the hot path.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ class LoopStats:
     * ``wall_time_s``: wall-clock time elapsed since the loop started.
     * ``read_wait``: time spent blocked in ``readOnce`` per cycle (the GIL is
       held meanwhile: the shorter, the more other threads get).
-    * ``wait``: how the loop waits between cycles (``"timerfd"`` or ``"yield"``).
+    * ``wait``: how the loop waits between cycles (``"socket"``, ``"timerfd"`` or ``"yield"``).
     * ``late_wakeups``: cycles whose state was already waiting when the loop
       woke (the wake margin then grows); ``wake_margin_us`` is its current value.
     * ``stalls``, ``longest_stall_ms``, ``culprits``: times the event loop was
