@@ -143,7 +143,7 @@ async def test_stall_watchdog_names_the_culprit_once(held, caplog):
 
 
 async def test_pure_python_stall_is_also_named(held):
-    for _ in range(2):
-        burn_python(0.004)
+    for _ in range(3):
+        burn_python(0.015)
         await held.wait(0.05)
     assert any("burn_python" in c.culprit for c in held.stats.culprits)
