@@ -250,6 +250,8 @@ class Controller:
         self._gc_freeze = bool(gc_freeze)
         if on_stall not in ("warn", "silent", "stop"):
             raise ValueError(f"on_stall must be 'warn', 'silent' or 'stop', got {on_stall!r}")
+        if on_stall == "stop" and not guardian:
+            raise ValueError("on_stall='stop' needs guardian=True: the guardian is what ramps the arm down")
         self._takeover = bool(guardian)
         self._on_stall = on_stall
         self._stall_limit_ns = int(1e9 * validation.positive("stall_limit", stall_limit, upper=60.0))

@@ -128,3 +128,5 @@ def test_bad_guardian_options():
         Controller.__init__(object.__new__(Controller), robot, on_stall="panic")
     with pytest.raises(ValueError, match="stall_limit must be"):
         Controller.__init__(object.__new__(Controller), robot, stall_limit=0)
+    with pytest.raises(ValueError, match="on_stall='stop' needs guardian=True"):
+        Controller.__init__(object.__new__(Controller), robot, on_stall="stop", guardian=False)
