@@ -281,13 +281,6 @@ static PyObject *Kernel_torque(Kernel *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* jacobian(): fill the Jacobian array at the current pose's origin. */
-static PyObject *Kernel_jacobian(Kernel *self, PyObject *Py_UNUSED(ignored)) {
-    const double *ee = self->b[B_EE];
-    fr3_jacobian(self->b[B_Q], ee + 12, self->b[B_JAC]);
-    Py_RETURN_NONE;
-}
-
 /* osc(ee_desired(row-major 4x4), ee_kp, ee_kd, q_null, null_kp, null_kd) -> tau_desired.
  * Computes the Jacobian first (stored in the jacobian array). */
 static PyObject *Kernel_osc(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -601,7 +594,6 @@ static PyMethodDef Kernel_methods[] = {
     {"osc", (PyCFunction)(void (*)(void))Kernel_osc, METH_FASTCALL,
      "osc(ee_desired, ee_kp, ee_kd, q_null, null_kp, null_kd)"},
     {"torque", (PyCFunction)Kernel_torque, METH_O, "torque(tau)"},
-    {"jacobian", (PyCFunction)Kernel_jacobian, METH_NOARGS, "jacobian(): fill the Jacobian array"},
     {"finish", (PyCFunction)Kernel_finish, METH_O, "finish(scale) -> command list or None"},
     {"update_last", (PyCFunction)Kernel_update_last, METH_NOARGS, "update_last() -> command is zero"},
     {NULL, NULL, 0, NULL},

@@ -1,9 +1,11 @@
-"""Control laws and the torque safety filter, on preallocated arrays.
+"""Control laws and the torque safety filter: the readable numpy reference.
 
-Everything here is a pure function of its array arguments: inputs are read,
-results go into ``out`` (and into the scratch held by :class:`Workspace`), and
-nothing is allocated, logged or validated. Validation happens where values are
-handed in (see :mod:`aiofranka.validation`).
+The 1 kHz loop runs the same laws in C (``aiofranka/_kernel.c``); the tests
+check the two against each other on random inputs. Everything here is a pure
+function of its array arguments: inputs are read, results go into ``out``
+(and into the scratch held by :class:`Workspace`); nothing is logged or
+validated (validation happens where values are handed in, see
+:mod:`aiofranka.validation`).
 
 Conventions: joint vectors have shape (7,), poses are 4x4 homogeneous
 transforms of the end effector in the base frame, Jacobians are (6, 7) with
@@ -26,9 +28,7 @@ class Workspace:
     def __init__(self) -> None:
         self.v6 = np.zeros(6)
         self.e6 = np.zeros(6)
-        self.f6 = np.zeros(6)
         self.r33 = np.zeros((3, 3))
-        self.x76 = np.zeros((7, 6))
         self.l66 = np.zeros((6, 6))
         self.eye6 = np.eye(6)
         self.eye7 = np.eye(7)

@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
 
 import numpy as np
 
@@ -1151,6 +1150,3 @@ class Controller:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Controller {self.mode} {state} on {self._robot!r}>"
-
-    def _debug_targets(self) -> dict[str, Any]:  # pragma: no cover - interactive aid
-        return {name: getattr(self, name) for name in SETTABLE}

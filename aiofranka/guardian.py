@@ -32,7 +32,6 @@ import select
 import sys
 import threading
 import time
-from typing import Callable
 
 __all__ = ["Stall", "StallRecord", "describe_thread"]
 
@@ -145,7 +144,7 @@ class Guardian(threading.Thread):
     """
 
     def __init__(self, controller, *, threshold_ns: int, loop: asyncio.AbstractEventLoop, loop_thread_id: int,
-                 on_stall: Callable[[str, float], None] | None = None, rt_priority: int | None = None,
+                 rt_priority: int | None = None,
                  takeover: bool = False, log_stalls: bool = True, stop_after_ns: int | None = None) -> None:
         super().__init__(name="aiofranka-guardian", daemon=True)
         self._controller = controller
@@ -158,7 +157,6 @@ class Guardian(threading.Thread):
         self.stall_count = 0
         self.longest_stall_ms = 0.0
         self._lock = threading.Lock()
-        self._on_stall = on_stall
         self._takeover = takeover
         self._log_stalls = log_stalls
         self._stop_after_ns = stop_after_ns
@@ -298,8 +296,6 @@ class Guardian(threading.Thread):
             log.warning("aiofranka: the event loop was blocked for %.1f ms by %s; the robot's cycle was due%s. "
                         "Offload this work (asyncify, CudaInferenceThread, mpify). Reported once per culprit.",
                         duration_ms, culprit, " (the guardian kept the arm fed)" if self._takeover else "")
-        if self._on_stall is not None:
-            self._on_stall(culprit, duration_ms)
 
     def records(self) -> tuple[StallRecord, ...]:
         with self._lock:

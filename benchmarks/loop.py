@@ -178,17 +178,24 @@ async def controller_under_l2(robot: Robot, duration: float, kind: str, guardian
         error = exc
     finally:
         task.cancel()
-    stats = controller.stats
-    try:
-        await controller.stop()
-    except Exception as exc:  # noqa: BLE001
-        error = error or exc
+    stats, error = await stop_collecting(controller, error)
     stalls = max(1, int(stats.robot_time_s))
     note = (f"{stats.takeovers} takeovers, {stats.guardian_cycles} guardian cycles, "
             f"{stats.lost_cycles / stalls:.2f} lost per stall")
     if error is not None:
         note = f"{type(error).__name__} {getattr(error, 'errors', '')} after {stats.robot_time_s:.1f} s; " + note
     return controller_row(label, stats, note)
+
+
+async def stop_collecting(controller: Controller, error: BaseException | None):
+    """Snapshot the figures, stop the controller, and keep the first error seen
+    (in a benchmark a reflex is a result, not a failure)."""
+    stats = controller.stats
+    try:
+        await controller.stop()
+    except Exception as exc:  # noqa: BLE001
+        error = error or exc
+    return stats, error
 
 
 def spin_rate(seconds: float, stop: threading.Event | None = None) -> float:
@@ -215,11 +222,7 @@ async def with_thread(robot: Robot, duration: float, switch_interval: float, sol
     except Exception as exc:  # noqa: BLE001 - a reflex is a result here
         error = exc
     thread.join()
-    stats = controller.stats
-    try:
-        await controller.stop()
-    except Exception as exc:  # noqa: BLE001
-        error = error or exc
+    stats, error = await stop_collecting(controller, error)
     note = f"thread at {100 * result[0] / solo:.1f} % of solo; readOnce wait p50 {stats.read_wait.p50_us:.0f} us"
     if error is not None:
         note += f"; {type(error).__name__}: {getattr(error, 'errors', '')}"

@@ -280,7 +280,7 @@ def print_policies(rows: list[PolicyRow], duration: float) -> None:
 async def thread_share(robot, wait: str, switch_interval: float, solo: float, duration: float) -> dict:
     from aiofranka import Controller
     from aiofranka.threads import reset_thread_scheduling
-    from loop import spin_rate
+    from loop import spin_rate, stop_collecting
 
     label = f"wait={wait}, switch interval {switch_interval * 1e3:g} ms"
     progress(f"3/5 worker thread beside the loop, {label} ({duration:g} s)...")
@@ -306,11 +306,7 @@ async def thread_share(robot, wait: str, switch_interval: float, solo: float, du
         if thread.is_alive():
             await asyncio.to_thread(thread.join, duration + 5.0)  # the loop keeps serving meanwhile
         stop.set()
-        stats = controller.stats
-        try:
-            await controller.stop()
-        except Exception as exc:  # noqa: BLE001
-            error = error or exc
+        stats, error = await stop_collecting(controller, error)
         await controller.close()
     rate = result[0] if result else float("nan")
     return {"label": label, "wait": stats.wait, "si": switch_interval, "rate": rate, "share": 100.0 * rate / solo,
@@ -349,6 +345,7 @@ async def time_mlp(infer, q: np.ndarray, seconds: float) -> tuple[np.ndarray, np
 
 async def mlp_inflation(robot, infer, alone_s: float, duration: float) -> dict:
     from aiofranka import Controller, limits
+    from loop import stop_collecting
 
     q = np.asarray(limits.Q_HOME, dtype=np.float64)
     await time_mlp(infer, q, 0.5)  # warm
@@ -364,11 +361,7 @@ async def mlp_inflation(robot, infer, alone_s: float, duration: float) -> dict:
     except Exception as exc:  # noqa: BLE001
         error = exc
     finally:
-        stats = controller.stats
-        try:
-            await controller.stop()
-        except Exception as exc:  # noqa: BLE001
-            error = error or exc
+        stats, error = await stop_collecting(controller, error)
         await controller.close()
 
     def pct(values: np.ndarray) -> tuple[float, float]:
