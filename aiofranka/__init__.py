@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .exceptions import (
     AiofrankaError,
+    CallTimeoutError,
     CommandError,
     ControlLawError,
     ControllerStateError,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AiofrankaError",
+    "CallTimeoutError",
     "CommandError",
     "ControlLawError",
     "Controller",
@@ -43,6 +45,8 @@ __all__ = [
     "ControllerStoppedError",
     "CudaInferenceThread",
     "EventLoopStallError",
+    "Franka",
+    "FrankaRemoteController",
     "InvalidOperationError",
     "LoopStats",
     "MissingDependencyError",
@@ -76,6 +80,8 @@ __all__ = [
 _LAZY = {
     "Controller": ".controller",
     "CudaInferenceThread": ".threads",
+    "Franka": ".franka",
+    "FrankaRemoteController": ".server",
     "ProcessProxy": ".process",
     "ampify": ".process",
     "async_input": ".threads",
@@ -92,7 +98,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import Controller
+    from .franka import Franka
     from .process import ProcessProxy, ampify, mpify
+    from .server import FrankaRemoteController
     from .threads import CudaInferenceThread, async_input, asyncify
     from .robot import Robot, RobotState
     from .session import Pacer, Session, SessionStats, run

@@ -24,6 +24,7 @@
 #include <math.h>
 #include <string.h>
 #include <errno.h>
+#include <stdint.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/timerfd.h>
@@ -42,6 +43,12 @@ static const Py_ssize_t B_LEN[B_COUNT] = {7, 7, 16, 16, 42, 7, 7, 7, 7, 7, 7, 7}
 static const char *B_NAME[B_COUNT] = {"q", "dq", "ee_raw", "ee", "jacobian", "tau_desired", "tau_command",
                                       "tau_last", "dtau_max", "tau_max", "q_min", "q_max"};
 
+/* Layout of a published state frame, in float64 slots. Slot 0 holds the
+ * seqlock sequence number as a uint64 (odd while a write is under way).
+ * Matrices are column-major, as libfranka lays them out. */
+enum { F_SEQ = 0, F_TIME = 1, F_SUCCESS = 2, F_COUNT = 3, F_Q = 4, F_DQ = 11, F_EE = 18, F_JAC = 34, F_MASS = 76,
+       F_TAU_CMD = 125, F_TAU_EXT = 132, F_TAU_J = 139, F_LEN = 146 };
+
 typedef struct {
     PyObject_HEAD
     Py_buffer views[B_COUNT];
@@ -51,6 +58,13 @@ typedef struct {
     int has_offset;
     double margin, stiffness, damping;
     double max_translation, max_rotation, null_damping;
+    /* Optional per-cycle state publication (server mode): a seqlocked frame in
+     * shared memory, and the model's mass-matrix function. */
+    Py_buffer pub;
+    int has_pub;
+    PyObject *mass_fn;
+    double stage[F_LEN];
+    double published;
 } Kernel;
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -174,8 +188,15 @@ static void Kernel_release(Kernel *self) {
     self->held = 0;
 }
 
+static void Kernel_unpublish(Kernel *self) {
+    if (self->has_pub) PyBuffer_Release(&self->pub);
+    self->has_pub = 0;
+    Py_CLEAR(self->mass_fn);
+}
+
 static void Kernel_dealloc(Kernel *self) {
     Kernel_release(self);
+    Kernel_unpublish(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -469,6 +490,137 @@ static PyObject *Kernel_jacobian_at(PyObject *Py_UNUSED(mod), PyObject *const *a
     return out;
 }
 
+/* ---- seqlock: one writer, any number of readers, no torn snapshots ------- */
+
+/* Copy n doubles (src[1..n-1]) into frame[1..n-1] under the sequence word frame[0]. */
+static void seqlock_store(double *frame, const double *src, Py_ssize_t n) {
+    uint64_t *seq = (uint64_t *)frame;
+    uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
+    __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED); /* odd: a write is under way */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(frame + 1, src + 1, (size_t)(n - 1) * sizeof(double));
+    __atomic_store_n(seq, s + 2, __ATOMIC_RELEASE);
+}
+
+/* Copy a consistent frame into dst; returns its (even) sequence number, or 1
+ * when no consistent copy was had within `tries` attempts (a writer that died
+ * mid-write leaves the word odd for ever). */
+static uint64_t seqlock_load(const double *frame, double *dst, Py_ssize_t n, long tries) {
+    const uint64_t *seq = (const uint64_t *)frame;
+    for (long i = 0; i < tries; i++) {
+        uint64_t s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+        if (s1 & 1) continue;
+        memcpy(dst + 1, frame + 1, (size_t)(n - 1) * sizeof(double));
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(seq, __ATOMIC_RELAXED) == s1) {
+            memcpy(dst, &s1, sizeof s1);
+            return s1;
+        }
+    }
+    return 1;
+}
+
+static int get_frame(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t n, const char *what) {
+    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (view->len < n * 8 || ((uintptr_t)view->buf & 7) != 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be an 8-byte aligned buffer of at least %zd bytes", what, n * 8);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* seqlock_write(frame, values): publish values[1:] into frame (values[0] ignored). */
+static PyObject *k_seqlock_write(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "seqlock_write(frame, values) takes 2 arguments");
+        return NULL;
+    }
+    Py_buffer dst, src;
+    if (get_frame(args[1], &src, 0, 1, "values") < 0) return NULL;
+    Py_ssize_t n = src.len / 8;
+    if (get_frame(args[0], &dst, 1, n, "frame") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    seqlock_store((double *)dst.buf, (const double *)src.buf, n);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&src);
+    Py_RETURN_NONE;
+}
+
+/* seqlock_read(frame, out, tries=1000000) -> sequence number (even), or None
+ * if the writer held the frame for all those tries. */
+static PyObject *k_seqlock_read(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "seqlock_read(frame, out, tries=1000000)");
+        return NULL;
+    }
+    long tries = nargs == 3 ? PyLong_AsLong(args[2]) : 1000000;
+    if (tries == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer src, dst;
+    if (get_frame(args[1], &dst, 1, 1, "out") < 0) return NULL;
+    Py_ssize_t n = dst.len / 8;
+    if (get_frame(args[0], &src, 0, n, "frame") < 0) {
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
+    uint64_t seq = seqlock_load((const double *)src.buf, (double *)dst.buf, n, tries);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&src);
+    if (seq & 1) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+/* publish_to(frame, mass_fn) / publish_to(None): after every cycle, write the
+ * state, the command and the dynamics into `frame` (F_LEN float64 slots) under
+ * the seqlock. mass_fn(state) returns libfranka's mass matrix (49 values). */
+static PyObject *Kernel_publish_to(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "publish_to(frame, mass_fn=None)");
+        return NULL;
+    }
+    Kernel_unpublish(self);
+    if (args[0] == Py_None) Py_RETURN_NONE;
+    if (get_frame(args[0], &self->pub, 1, F_LEN, "frame") < 0) return NULL;
+    self->has_pub = 1;
+    if (nargs == 2 && args[1] != Py_None) {
+        Py_INCREF(args[1]);
+        self->mass_fn = args[1];
+    }
+    memset(self->stage, 0, sizeof self->stage);
+    self->published = 0.0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *s_tau_ext, *s_tau_J;
+static int read_attr(PyObject *state, PyObject *name, double *dst, Py_ssize_t n);
+
+static int publish(Kernel *self, PyObject *state, double time_ms, double success) {
+    double *st = self->stage;
+    st[F_TIME] = time_ms;
+    st[F_SUCCESS] = success;
+    st[F_COUNT] = ++self->published;
+    memcpy(st + F_Q, self->b[B_Q], 7 * sizeof(double));
+    memcpy(st + F_DQ, self->b[B_DQ], 7 * sizeof(double));
+    memcpy(st + F_EE, self->b[B_EE], 16 * sizeof(double));
+    memcpy(st + F_TAU_CMD, self->b[B_TAU_CMD], 7 * sizeof(double));
+    const double *ee = self->b[B_EE];
+    double point[3] = {ee[12], ee[13], ee[14]};
+    fr3_jacobian(self->b[B_Q], point, st + F_JAC);
+    if (read_attr(state, s_tau_ext, st + F_TAU_EXT, 7) < 0 || read_attr(state, s_tau_J, st + F_TAU_J, 7) < 0)
+        return -1;
+    if (self->mass_fn) {
+        PyObject *m = PyObject_CallOneArg(self->mass_fn, state);
+        if (!m) return -1;
+        int rc = read_seq(m, st + F_MASS, 49, "mass");
+        Py_DECREF(m);
+        if (rc < 0) return -1;
+    }
+    seqlock_store((double *)self->pub.buf, st, F_LEN);
+    return 0;
+}
+
 /* ---- one whole cycle without returning to the interpreter ----------------- */
 
 static long long now_ns(void) {
@@ -574,6 +726,7 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
     Py_DECREF(ok);
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     long long time_ms = llround(sec * 1000.0);
+    if (self->has_pub && publish(self, state, (double)time_ms, success) < 0) goto fail_state;
     int flags = (finite ? 0 : 1) | (finished ? 2 : 0);
     return Py_BuildValue("(NLdLLLi)", state, time_ms, success, t_call, t_read, t_write, flags);
 
@@ -596,6 +749,8 @@ static PyMethodDef Kernel_methods[] = {
     {"torque", (PyCFunction)Kernel_torque, METH_O, "torque(tau)"},
     {"finish", (PyCFunction)Kernel_finish, METH_O, "finish(scale) -> command list or None"},
     {"update_last", (PyCFunction)Kernel_update_last, METH_NOARGS, "update_last() -> command is zero"},
+    {"publish_to", (PyCFunction)(void (*)(void))Kernel_publish_to, METH_FASTCALL,
+     "publish_to(frame, mass_fn=None): write every cycle's state into a seqlocked frame (None: stop)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -670,6 +825,10 @@ static PyMethodDef module_methods[] = {
     {"timerfd_arm", (PyCFunction)(void (*)(void))k_timerfd_arm, METH_FASTCALL,
      "arm a timerfd for an absolute monotonic deadline in ns"},
     {"timerfd_clear", (PyCFunction)k_timerfd_clear, METH_O, "consume a timerfd's expirations"},
+    {"seqlock_write", (PyCFunction)(void (*)(void))k_seqlock_write, METH_FASTCALL,
+     "seqlock_write(frame, values): publish values[1:] under the sequence word frame[0]"},
+    {"seqlock_read", (PyCFunction)(void (*)(void))k_seqlock_read, METH_FASTCALL,
+     "seqlock_read(frame, out, tries=1000000) -> even sequence number, or None if never consistent"},
     {"flange_pose", (PyCFunction)Kernel_flange_pose, METH_O, "FR3 flange pose (16 values, column-major)"},
     {"jacobian_at", (PyCFunction)(void (*)(void))Kernel_jacobian_at, METH_FASTCALL,
      "FR3 zero Jacobian of a base-frame point (42 values, column-major)"},
@@ -688,13 +847,25 @@ PyMODINIT_FUNC PyInit__kernel(void) {
         !(s_dq = PyUnicode_InternFromString("dq")) || !(s_O_T_EE = PyUnicode_InternFromString("O_T_EE")) ||
         !(s_time = PyUnicode_InternFromString("time")) || !(s_to_sec = PyUnicode_InternFromString("to_sec")) ||
         !(s_success = PyUnicode_InternFromString("control_command_success_rate")) ||
-        !(s_motion_finished = PyUnicode_InternFromString("motion_finished")))
+        !(s_motion_finished = PyUnicode_InternFromString("motion_finished")) ||
+        !(s_tau_ext = PyUnicode_InternFromString("tau_ext_hat_filtered")) ||
+        !(s_tau_J = PyUnicode_InternFromString("tau_J")))
         return NULL;
     PyObject *m = PyModule_Create(&kernel_module);
     if (!m) return NULL;
     Py_INCREF(&KernelType);
     if (PyModule_AddObject(m, "Kernel", (PyObject *)&KernelType) < 0) {
         Py_DECREF(&KernelType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *layout = Py_BuildValue("{s(ii)s(ii)s(ii)s(ii)s(ii)s(ii)s(ii)s(ii)s(ii)s(ii)s(ii)s(ii)}",
+        "seq", F_SEQ, 1, "time_ms", F_TIME, 1, "success_rate", F_SUCCESS, 1, "count", F_COUNT, 1,
+        "q", F_Q, 7, "dq", F_DQ, 7, "ee", F_EE, 16, "jacobian", F_JAC, 42, "mass", F_MASS, 49,
+        "tau_command", F_TAU_CMD, 7, "tau_ext", F_TAU_EXT, 7, "tau_measured", F_TAU_J, 7);
+    if (!layout || PyModule_AddObject(m, "FRAME_LAYOUT", layout) < 0 ||
+        PyModule_AddIntConstant(m, "FRAME_LEN", F_LEN) < 0) {
+        Py_XDECREF(layout);
         Py_DECREF(m);
         return NULL;
     }

@@ -380,7 +380,8 @@ class Controller:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         return _MODE_INDEX[mode]
 
-    def _validate(self, name: str, value) -> np.ndarray:
+    @staticmethod
+    def _validate(name: str, value) -> np.ndarray:
         if name in _GAINS:
             return validation.gains(name, value, _GAINS[name])
         if name == "q_desired":

@@ -81,6 +81,9 @@ class ReflexError(RobotError):
         super().__init__(message)
         self.errors: tuple[str, ...] = tuple(errors)
 
+    def __reduce__(self):  # keep ``errors`` across processes (server mode)
+        return type(self), (str(self), self.errors)
+
 
 class CommandError(RobotError):
     """A non-realtime command (connect, recovery, settings) was rejected."""
@@ -126,6 +129,9 @@ class EventLoopStallError(AiofrankaError):
         self.culprit = culprit
         self.duration_ms = duration_ms
 
+    def __reduce__(self):
+        return type(self), (str(self), self.culprit, self.duration_ms)
+
 
 class SimulatorError(AiofrankaError):
     """The embedded simulator could not be started or stopped working."""
@@ -143,6 +149,10 @@ class WorkerCrashedError(OffloadError):
     """The helper's worker thread or child process died; pending and later calls fail with this."""
 
 
+class CallTimeoutError(OffloadError, TimeoutError):
+    """A call into a child process got no reply within its timeout (the child may still run it)."""
+
+
 class RemoteError(OffloadError):
     """A child process raised an exception that could not be sent back as itself.
 
@@ -154,6 +164,9 @@ class RemoteError(OffloadError):
         super().__init__(message)
         self.remote_type = remote_type
         self.remote_traceback = remote_traceback
+
+    def __reduce__(self):
+        return type(self), (str(self), self.remote_type, self.remote_traceback)
 
 
 class RemoteTraceback(Exception):

@@ -97,6 +97,7 @@ import functools
 import inspect
 import io
 import itertools
+import math
 import mmap
 import multiprocessing
 import multiprocessing.process
@@ -777,6 +778,12 @@ class _Child:
             if self._cleaned:
                 return
             self._cleaned = True
+        close = getattr(self.obj, "_aiofranka_close", None)
+        if close is not None:  # an object that must wind down first (server mode)
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
         if self.pool is not None:
             self.pool.unlink_all()
         self.peer.close_all()
@@ -890,6 +897,9 @@ class ProxyStats:
         return f"ProxyStats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())})"
 
 
+_SYNC_SETTLE = threading.Lock()  # a reply and a timeout may race to settle one waiter
+
+
 class _SyncWaiter:
     """A one-shot result slot for blocking callers (lighter than concurrent.futures.Future)."""
 
@@ -905,12 +915,20 @@ class _SyncWaiter:
         return not self._lock.locked()
 
     def set_result(self, value: Any) -> None:
-        self._value = value
-        self._lock.release()
+        self._finish(value, None)
 
     def set_exception(self, error: BaseException) -> None:
-        self._error = error
-        self._lock.release()
+        self._finish(None, error)
+
+    def _finish(self, value: Any, error: BaseException | None) -> bool:
+        """Settle once; False (and nothing changed) if it was already settled."""
+        with _SYNC_SETTLE:
+            if not self._lock.locked():
+                return False
+            self._value = value
+            self._error = error
+            self._lock.release()
+            return True
 
     def wait(self, timeout: float) -> bool:
         if self._lock.acquire(timeout=timeout):
@@ -1101,6 +1119,16 @@ class ProcessProxy:
         """Blocking :meth:`call` for code outside the event loop (not inside a coroutine)."""
         return self._request_sync(_CALL, (name, args, kwargs), name)
 
+    def call_sync_timeout(self, timeout: float, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`call_sync` that gives up after ``timeout`` seconds.
+
+        Raises :class:`~aiofranka.exceptions.CallTimeoutError` then; the call may still run
+        in the child, and its late reply is discarded.
+        """
+        if not (isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        return self._request_sync(_CALL, (name, args, kwargs), name, timeout)
+
     def get_sync(self, name: str, /) -> Any:
         """Blocking :meth:`get` for code outside the event loop."""
         return self._request_sync(_GETATTR, name, name)
@@ -1215,7 +1243,7 @@ class ProcessProxy:
             self._live_timer = loop.call_later(0.5, self._check_alive)
         return await fut
 
-    def _request_sync(self, kind: int, payload: Any, label: str) -> Any:
+    def _request_sync(self, kind: int, payload: Any, label: str, timeout: float | None = None) -> Any:
         self._check_usable()
         if _running_loop() is not None:
             raise RuntimeError(
@@ -1224,7 +1252,10 @@ class ProcessProxy:
             )
         fut = _SyncWaiter()
         self._submit(kind, payload, fut, None, label)
-        self._wait_sync(fut, None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._wait_sync(fut, deadline):
+            fut.set_exception(CallTimeoutError(f"{label!r} got no reply from the child process "
+                                               f"(pid {self._pid}) within {timeout} s"))
         return fut.result()  # releases ride on the next request
 
     # ----------------------------------------------------------------- receiving
