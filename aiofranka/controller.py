@@ -717,7 +717,9 @@ class Controller:
         jitter); after an overrun the grid skips the missed ticks instead of
         bursting.
         """
-        array = self._validate(name, value)
+        await self._set_validated(name, self._validate(name, value))
+
+    async def _set_validated(self, name: str, array: np.ndarray) -> None:
         self._require_running()
         period = self._set_period_ms
         if period is not None:

@@ -119,6 +119,7 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Callable
 
 from .exceptions import (
+    CallTimeoutError,
     OffloadError,
     RemoteError,
     RemoteTraceback,

@@ -142,7 +142,10 @@ class _ControllerServer:
 
     def _assign(self, name: str, value) -> None:
         self._check_fault()
-        setattr(self._controller, name, value)
+        if name in _ARRAYS:
+            self._controller._assign(name, value)  # validated off the loop, in assign()
+        else:
+            setattr(self._controller, name, value)
 
     # -- the commands the parent sends ---------------------------------------
 
@@ -158,8 +161,12 @@ class _ControllerServer:
     def set_freq(self, hz) -> None:
         self._on_loop(self._controller.set_freq, hz)
 
+    # Gains and targets are validated here, in the thread that receives
+    # commands, so the loop thread only swaps the arrays in.
+
     def set(self, name: str, value) -> None:
-        self._on_loop(self._controller.set, name, value)
+        array = self._controller._validate(name, value)
+        self._on_loop(self._controller._set_validated, name, array)
 
     def move(self, q, speed: float, tolerance: float, timeout: float | None) -> None:
         controller = self._controller
@@ -169,6 +176,8 @@ class _ControllerServer:
         self._on_loop(self._controller.wait, duration)
 
     def assign(self, name: str, value) -> None:
+        if name in _ARRAYS:
+            value = self._controller._validate(name, value)
         self._on_loop(self._assign, name, value)
 
     def get(self, name: str):
@@ -182,7 +191,9 @@ class _ControllerServer:
 
     def info(self) -> dict:
         robot = self._robot
-        return {"pid": os.getpid(), "robot": repr(robot), "ee_offset": robot.ee_offset}
+        simulator = robot.simulator
+        return {"pid": os.getpid(), "robot": repr(robot),
+                "simulator_pid": simulator.pid if simulator is not None else None}
 
     def _aiofranka_close(self) -> None:
         """Ramp the arm down, close the robot (and its simulator), end the loop."""
@@ -311,6 +322,7 @@ class FrankaRemoteController:
         info = self._proxy.call_sync_timeout(self._timeout, "info")
         self._child_pid = info["pid"]
         self._robot_repr = info["robot"]
+        self._simulator_pid = info["simulator_pid"]
 
     # -- plumbing ----------------------------------------------------------
 
@@ -336,6 +348,11 @@ class FrankaRemoteController:
     def pid(self) -> int:
         """The child process's pid."""
         return self._child_pid
+
+    @property
+    def simulator_pid(self) -> int | None:
+        """The pid of the embedded simulator the child started (``None`` with a real robot)."""
+        return self._simulator_pid
 
     @property
     def running(self) -> bool:

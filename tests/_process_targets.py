@@ -103,3 +103,24 @@ class Worker:
 
     def make_callable_result(self):
         return lambda x: x + 1
+
+
+def hammer_seqlock(name: str, slots: int, seconds: float) -> None:
+    """Publish frames whose every slot holds the frame's number, as fast as possible."""
+    import numpy as np
+
+    from aiofranka import _kernel
+    from aiofranka.process import _Mapped
+
+    mapped = _Mapped(name)
+    frame = np.frombuffer(mapped.buf, dtype=np.float64, count=slots)
+    values = np.zeros(slots)
+    end = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < end:
+        for _ in range(100):
+            k += 1
+            values.fill(k)
+            _kernel.seqlock_write(frame, values)
+    del frame
+    mapped.close()

@@ -57,3 +57,17 @@ def test_bare_runtime_errors_from_pylibfranka_are_translated():
 def test_reflex_names_parses_several():
     assert reflex_names('aborted ["a", "b_c"]') == ["a", "b_c"]
     assert reflex_names("no list") == []
+
+
+@pytest.mark.parametrize("error", [
+    aiofranka.ReflexError("reflex", ["communication_constraints_violation"]),
+    aiofranka.EventLoopStallError("stalled", "task 'x'", 12.5),
+    aiofranka.RemoteError("boom", "pkg.Boom", "Traceback ..."),
+    aiofranka.CallTimeoutError("no reply"),
+], ids=lambda e: type(e).__name__)
+def test_errors_keep_their_fields_across_processes(error):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)
+    assert {k: v for k, v in vars(copy).items()} == {k: v for k, v in vars(error).items()}

@@ -19,6 +19,7 @@ import pytest
 
 import _process_targets as targets
 from aiofranka.exceptions import (
+    CallTimeoutError,
     OffloadError,
     RemoteError,
     RemoteTraceback,
@@ -157,6 +158,19 @@ def test_call_sync_outside_the_loop(proxy):
     with pytest.raises(ValueError):
         proxy.call_sync("fail_in_child", "sync")
     assert proxy.alive and proxy.pid > 0
+
+
+def test_call_sync_timeout_gives_up_and_drops_the_late_reply(proxy):
+    discarded = proxy.stats.replies_discarded
+    t0 = time.monotonic()
+    with pytest.raises(CallTimeoutError, match="'slow'") as info:
+        proxy.call_sync_timeout(0.1, "slow", 0.4, "late")
+    assert isinstance(info.value, TimeoutError)
+    assert time.monotonic() - t0 < 0.3
+    assert proxy.call_sync_timeout(2.0, "add", 1, 2) == 3  # after the late reply, which was dropped
+    assert proxy.stats.replies_discarded == discarded + 1
+    with pytest.raises(ValueError, match="timeout"):
+        proxy.call_sync_timeout(0, "add", 1, 2)
 
 
 async def test_call_sync_from_another_thread_while_the_loop_reads(proxy):
