@@ -10,7 +10,10 @@ One run prints five tables and a summary:
    and ``benchmarks/_process_roundtrip.py``.
 2. Loop figures while each helper serves a policy at 30 Hz on the simulator
    (20 ms blocking / 20 ms pure-Python policies, the torch MLP), and the same
-   20 ms blocking policy called inline, with the guardian off and on.
+   20 ms blocking policy called inline, with the guardian off and on. The
+   first row is the baseline: the same loop with a policy that does nothing,
+   so that cycles the machine loses by itself (late wake-ups on a VM) are not
+   blamed on a helper.
 3. The share of its solo throughput that a pure-Python worker thread keeps
    while the Controller holds a pose (naive loop vs the default one).
 4. The latency of the torch MLP (3 hidden layers of 512, batch 1) through
@@ -230,6 +233,12 @@ async def policy_scenarios(robot, duration: float, infer, torch_note: str) -> li
 
         return act, torch_note
 
+    async def no_work(controller, stack):
+        async def act(q):
+            return q
+
+        return act, "baseline: the same 30 Hz loop with no work per call (what the machine itself costs)"
+
     async def inline_blocking(controller, stack):
         async def act(q):
             return blocking_policy(q)  # 20 ms with the event loop blocked
@@ -237,6 +246,7 @@ async def policy_scenarios(robot, duration: float, infer, torch_note: str) -> li
         return act, ""
 
     await rehome(robot)
+    rows.append(await policy_scenario(robot, "none", "no work", no_work, duration))
     rows.append(await policy_scenario(robot, "asyncify", "20 ms blocking (time.sleep)", asyncify_blocking, duration))
     rows.append(await policy_scenario(robot, "asyncify", "20 ms pure Python", asyncify_python, duration))
     rows.append(await policy_scenario(robot, "mpify (ampify)", "20 ms pure Python", mpify_python, duration))
@@ -573,6 +583,10 @@ def print_summary(threads, processes, policies, shares, mlp, legacy) -> None:
             print(f"* {key} image round trip p50: {mine[0]:.0f} µs (bare thread floor {floor[0]:.0f} µs)")
     served = [r for r in policies if not r.name.startswith("inline")]
     for r in served:
+        if r.name == "none":
+            print(f"* baseline, no helper and no work: {r.calls} calls, {r.stats.lost_cycles} lost cycles, "
+                  f"{describe_error(r.error, r.stats)}")
+            continue
         ok = r.error is None and r.stats.lost_cycles == 0
         print(f"* {r.name}, {r.policy}: {r.calls} calls, {r.stats.lost_cycles} lost cycles, "
               f"{r.stats.takeovers} takeovers, {describe_error(r.error, r.stats)}"
