@@ -176,11 +176,21 @@ class _ControllerServer:
         self._on_loop(self._controller.wait, duration)
 
     def assign(self, name: str, value) -> None:
+        controller = self._controller
         if name in _ARRAYS:
-            value = self._controller._validate(name, value)
+            value = controller._validate(name, value)
+            if name != "q_desired" or controller._traj is None:
+                # A whole-array swap is atomic under the GIL, and the loop and
+                # the guardian read these attributes once per cycle: no hop onto
+                # the loop needed. (A q_desired that interrupts a trajectory
+                # settles the mover's future, which only the loop may do.)
+                self._assign(name, value)
+                return
         self._on_loop(self._assign, name, value)
 
     def get(self, name: str):
+        if name in _ARRAYS or name in _OPTIONS or name == "mode":
+            return getattr(self._controller, name)  # plain attribute reads
         return self._on_loop(getattr, self._controller, name)
 
     def state(self) -> RobotState:

@@ -49,9 +49,10 @@ def test_a_script_hogging_the_gil_costs_the_server_no_reflex_and_no_cycles(robot
     print(f"server mode (priority {priority}), 20 s of a 50 ms pure-Python script at 20 Hz: {targets} targets, "
           f"{stats.cycles - before.cycles} cycles, {lost} lost")
     assert targets >= 300
-    # benchmarks/server.py measures 0 here; a loop sharing the script's GIL
-    # loses dozens (and, without the guardian, reflexes at once: next test).
-    assert lost <= 3
+    # benchmarks/server.py measures 0-7 here (the VM itself loses a cycle now
+    # and then); the loop sharing the script's GIL loses 21-44 in the same
+    # benchmark and, without the guardian, reflexes at once (next test).
+    assert lost <= 10, f"{lost} cycles lost"
 
 
 async def test_the_same_script_in_process_without_the_guardian_reflexes(robot):
