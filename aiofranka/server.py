@@ -255,9 +255,9 @@ class FrankaRemoteController:
 
     The constructor spawns the child, which connects to the robot at ``ip``
     (``None``: starts the embedded simulator there) and builds the controller;
-    it blocks until both are ready (1-3 s). The child's event loop runs the
-    1 kHz loop and nothing else, so the calling script may hold the GIL as long
-    as it likes. No asyncio is needed here: every method blocks until the
+    it blocks until both are ready (about a second with the simulator). The
+    child's event loop runs the 1 kHz loop and nothing else, so the calling
+    script may hold the GIL as long as it likes. No asyncio is needed here: every method blocks until the
     child has answered.
 
     Keyword-only options:
@@ -329,7 +329,12 @@ class FrankaRemoteController:
             self._view = None
             self._frame.unlink()
             raise
-        info = self._proxy.call_sync_timeout(self._timeout, "info")
+        try:
+            info = self._proxy.call_sync_timeout(self._timeout, "info")
+        except BaseException:
+            self._closed = False
+            self.close()
+            raise
         self._child_pid = info["pid"]
         self._robot_repr = info["robot"]
         self._simulator_pid = info["simulator_pid"]
