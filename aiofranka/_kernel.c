@@ -25,6 +25,7 @@
 #include <string.h>
 #include <errno.h>
 #include <stdint.h>
+#include <sched.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/timerfd.h>
@@ -503,21 +504,29 @@ static void seqlock_store(double *frame, const double *src, Py_ssize_t n) {
 }
 
 /* Copy a consistent frame into dst; returns its (even) sequence number, or 1
- * when no consistent copy was had within `tries` attempts (a writer that died
- * mid-write leaves the word odd for ever). */
-static uint64_t seqlock_load(const double *frame, double *dst, Py_ssize_t n, long tries) {
+ * when none was had before deadline_ns (CLOCK_MONOTONIC). It spins first (a
+ * write takes well under a microsecond), then yields the CPU between tries: a
+ * writer preempted mid-write needs a core to finish. Only a writer that died
+ * mid-write leaves the word odd for ever. */
+static long long now_ns(void);
+
+static uint64_t seqlock_load(const double *frame, double *dst, Py_ssize_t n, long long deadline_ns) {
     const uint64_t *seq = (const uint64_t *)frame;
-    for (long i = 0; i < tries; i++) {
+    for (long i = 0;; i++) {
         uint64_t s1 = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
-        if (s1 & 1) continue;
-        memcpy(dst + 1, frame + 1, (size_t)(n - 1) * sizeof(double));
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(seq, __ATOMIC_RELAXED) == s1) {
-            memcpy(dst, &s1, sizeof s1);
-            return s1;
+        if (!(s1 & 1)) {
+            memcpy(dst + 1, frame + 1, (size_t)(n - 1) * sizeof(double));
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (__atomic_load_n(seq, __ATOMIC_RELAXED) == s1) {
+                memcpy(dst, &s1, sizeof s1);
+                return s1;
+            }
+        }
+        if (i >= 1000) {
+            if (now_ns() >= deadline_ns) return 1;
+            sched_yield();
         }
     }
-    return 1;
 }
 
 static int get_frame(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t n, const char *what) {
@@ -549,15 +558,20 @@ static PyObject *k_seqlock_write(PyObject *Py_UNUSED(mod), PyObject *const *args
     Py_RETURN_NONE;
 }
 
-/* seqlock_read(frame, out, tries=1000000) -> sequence number (even), or None
- * if the writer held the frame for all those tries. */
+/* seqlock_read(frame, out, timeout=1.0) -> sequence number (even), or None
+ * if no consistent copy was had within timeout seconds. The GIL is released
+ * only once the first tries failed (a writer preempted mid-write). */
 static PyObject *k_seqlock_read(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 2 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "seqlock_read(frame, out, tries=1000000)");
+        PyErr_SetString(PyExc_TypeError, "seqlock_read(frame, out, timeout=1.0)");
         return NULL;
     }
-    long tries = nargs == 3 ? PyLong_AsLong(args[2]) : 1000000;
-    if (tries == -1 && PyErr_Occurred()) return NULL;
+    double timeout = nargs == 3 ? PyFloat_AsDouble(args[2]) : 1.0;
+    if (timeout == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(timeout >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be >= 0 seconds");
+        return NULL;
+    }
     Py_buffer src, dst;
     if (get_frame(args[1], &dst, 1, 1, "out") < 0) return NULL;
     Py_ssize_t n = dst.len / 8;
@@ -565,7 +579,13 @@ static PyObject *k_seqlock_read(PyObject *Py_UNUSED(mod), PyObject *const *args,
         PyBuffer_Release(&dst);
         return NULL;
     }
-    uint64_t seq = seqlock_load((const double *)src.buf, (double *)dst.buf, n, tries);
+    long long deadline = now_ns() + (long long)(timeout * 1e9);
+    uint64_t seq = seqlock_load((const double *)src.buf, (double *)dst.buf, n, now_ns());
+    if (seq & 1) {
+        Py_BEGIN_ALLOW_THREADS
+        seq = seqlock_load((const double *)src.buf, (double *)dst.buf, n, deadline);
+        Py_END_ALLOW_THREADS
+    }
     PyBuffer_Release(&dst);
     PyBuffer_Release(&src);
     if (seq & 1) Py_RETURN_NONE;
@@ -828,7 +848,7 @@ static PyMethodDef module_methods[] = {
     {"seqlock_write", (PyCFunction)(void (*)(void))k_seqlock_write, METH_FASTCALL,
      "seqlock_write(frame, values): publish values[1:] under the sequence word frame[0]"},
     {"seqlock_read", (PyCFunction)(void (*)(void))k_seqlock_read, METH_FASTCALL,
-     "seqlock_read(frame, out, tries=1000000) -> even sequence number, or None if never consistent"},
+     "seqlock_read(frame, out, timeout=1.0) -> even sequence number, or None if never consistent in time"},
     {"flange_pose", (PyCFunction)Kernel_flange_pose, METH_O, "FR3 flange pose (16 values, column-major)"},
     {"jacobian_at", (PyCFunction)(void (*)(void))Kernel_jacobian_at, METH_FASTCALL,
      "FR3 zero Jacobian of a base-frame point (42 values, column-major)"},

@@ -443,7 +443,8 @@ class FrankaRemoteController:
             return self._call("state")
         frame = self._read_frame()
         if frame is None:
-            raise WorkerCrashedError("the state frame stayed mid-write: the server process stopped writing")
+            raise WorkerCrashedError("the state frame stayed mid-write for a second: the server process "
+                                     "stopped writing")
         return _state_from_frame(frame)
 
     @property

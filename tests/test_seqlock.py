@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import secrets
+import threading
 import time
 
 import numpy as np
@@ -38,8 +39,25 @@ def test_a_writer_that_died_mid_write_gives_none_not_a_hang():
     frame = np.zeros(SLOTS)
     frame.view(np.uint64)[0] = 7  # odd: a write under way for ever
     t0 = time.monotonic()
-    assert _kernel.seqlock_read(frame, np.zeros(SLOTS), 10_000) is None
-    assert time.monotonic() - t0 < 1.0
+    assert _kernel.seqlock_read(frame, np.zeros(SLOTS), 0.05) is None
+    assert 0.04 < time.monotonic() - t0 < 1.0
+
+
+def test_a_writer_preempted_mid_write_is_waited_for():
+    frame = np.zeros(SLOTS)
+    frame.view(np.uint64)[0] = 7  # odd: the writer lost its core mid-write
+
+    def finish_later():
+        time.sleep(0.2)  # runs because the waiting reader releases the GIL
+        frame[1:] = 3.0
+        frame.view(np.uint64)[0] = 8
+
+    writer = threading.Thread(target=finish_later)
+    writer.start()
+    out = np.zeros(SLOTS)
+    assert _kernel.seqlock_read(frame, out, 2.0) == 8
+    writer.join()
+    assert (out[1:] == 3.0).all()
 
 
 def test_bad_buffers_are_refused():
@@ -53,14 +71,14 @@ def test_bad_buffers_are_refused():
 
 def test_no_torn_snapshot_while_another_process_hammers_the_frame():
     shm = _Owned(f"afkt{secrets.token_hex(4)}", 8 * SLOTS)
+    frame = np.frombuffer(shm.buf, dtype=np.float64, count=SLOTS)
+    ctx = multiprocessing.get_context("spawn")
+    writer = ctx.Process(target=targets.hammer_seqlock, args=(shm.name, SLOTS, 3.0))
+    writer.start()
+    out = np.zeros(SLOTS)
+    reads = torn_naive = fresh = 0
+    last_seq = 0
     try:
-        frame = np.frombuffer(shm.buf, dtype=np.float64, count=SLOTS)
-        ctx = multiprocessing.get_context("spawn")
-        writer = ctx.Process(target=targets.hammer_seqlock, args=(shm.name, SLOTS, 3.0))
-        writer.start()
-        out = np.zeros(SLOTS)
-        reads = torn_naive = fresh = 0
-        last_seq = 0
         while frame[1] == 0.0:  # wait for the first frame
             time.sleep(0.001)
         deadline = time.monotonic() + 2.0
@@ -77,9 +95,9 @@ def test_no_torn_snapshot_while_another_process_hammers_the_frame():
                 reads += 1
                 naive = frame.copy()  # the same read without the lock, for contrast
                 torn_naive += not (naive[1:] == naive[1]).all()
+    finally:
         writer.join(10)
         del frame
-    finally:
         shm.unlink()
     assert writer.exitcode == 0
     assert reads > 10_000 and fresh > 1000
