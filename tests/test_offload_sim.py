@@ -104,7 +104,13 @@ def mlp():
     """Import torch and build the model before the controller starts: importing
     torch takes over a second, which would stall a running loop."""
     torch = pytest.importorskip("torch")
-    return torch, make_mlp()
+    # As docs/async.md advises on a small machine: one intra-op thread, so
+    # torch's spinning worker pool does not take the cores the loop and the
+    # simulator need.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch, make_mlp()
+    torch.set_num_threads(threads)
 
 
 async def test_torch_model_through_cuda_inference_thread_runs_20_s(mlp, held):
