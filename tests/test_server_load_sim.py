@@ -36,9 +36,8 @@ def _hog(ctl, seconds: float) -> int:
 
 
 @pytest.mark.slow
-def test_a_script_hogging_the_gil_costs_the_server_no_reflex_and_no_cycles(robot):
-    # The shared simulator (the ``robot`` fixture) keeps running meanwhile, as
-    # it does in a full test run. Root may lift the loop thread above the script.
+def test_a_script_hogging_the_gil_costs_the_server_no_reflex_and_no_cycles():
+    # Root may lift the loop thread above the script.
     priority = 80 if os.geteuid() == 0 else None
     with FrankaRemoteController(priority=priority) as ctl:
         before = ctl.stats
