@@ -120,7 +120,8 @@ def test_reset_moves_home_and_switches_to_the_actions_mode(remote):
     franka = Franka(remote, action="ee_desired", reset_q=start, reset_speed=0.6)
     franka.reset()
     assert remote.mode == "osc"
-    assert np.max(np.abs(remote.state.q - start)) < 0.01
+    # move() returns within 0.01 rad; osc then holds the pose, not the joints.
+    assert np.max(np.abs(remote.state.q - start)) < 0.02
     franka.act(franka.observe()["ee"])
     with pytest.raises(ValueError, match="action"):
         Franka(remote, action="velocity")
