@@ -94,10 +94,7 @@ class _ControllerServer:
         try:
             self._robot = Robot(ip, **robot_options)
             if self._priority is not None:
-                # SCHED_RESET_ON_FORK: threads this one starts (the guardian sets
-                # its own priority) do not inherit it.
-                os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
-                                      os.sched_param(self._priority))
+                self._raise_priority(self._priority)
             self._controller = Controller(self._robot, **controller_options)
             self._controller._kernel.publish_to(self._frame.buf, self._robot.model.mass)
         except BaseException as exc:  # noqa: BLE001 - raised in the parent by mpify
@@ -111,6 +108,22 @@ class _ControllerServer:
             loop.run_forever()
         finally:
             loop.close()
+
+    @staticmethod
+    def _raise_priority(priority: int) -> None:
+        """SCHED_FIFO for every thread of this process that exists now.
+
+        Not only the loop thread: the command thread and mpify's watchdog take
+        the GIL too, and one of them preempted by the user's busy script while
+        holding it would keep a real-time loop thread waiting (priority
+        inversion). The guardian, started later, takes the loop's priority.
+        SCHED_RESET_ON_FORK keeps threads started later by libraries at the
+        normal policy.
+        """
+        policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                os.sched_setscheduler(thread.native_id, policy, os.sched_param(priority))
 
     # -- running things on the loop thread ---------------------------------
 
@@ -264,9 +277,9 @@ class FrankaRemoteController:
 
     * ``robot``: keyword arguments for :class:`~aiofranka.Robot` in the child
       (``collision_thresholds``, ``sim``, ...).
-    * ``priority``: run the child's loop thread SCHED_FIFO at this priority
-      (1-99; needs root or CAP_SYS_NICE, else the constructor raises
-      ``PermissionError``). ``None`` (default) leaves the scheduling as
+    * ``priority``: run the child's threads (the loop, the guardian, the
+      command thread) SCHED_FIFO at this priority (1-99; needs root or
+      CAP_SYS_NICE, else the constructor raises ``PermissionError``). ``None`` (default) leaves the scheduling as
       libfranka and :class:`~aiofranka.Robot` set it. On a machine where the
       user's script and the loop share few cores, it keeps the loop's wake-ups
       ahead of the script's CPU work (see docs/server.md for figures).

@@ -56,6 +56,20 @@ def test_a_bad_controller_option_raises_in_the_parent_as_itself():
     assert isinstance(info.value.__cause__, aiofranka.RemoteTraceback)  # the child's traceback
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root or CAP_SYS_NICE")
+def test_priority_puts_every_thread_of_the_server_ahead_of_the_script():
+    with FrankaRemoteController(priority=40) as ctl:
+        ctl.wait(0.1)
+        tids = [int(t) for t in os.listdir(f"/proc/{ctl.pid}/task")]
+        policies = {tid: os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK for tid in tids}
+        fifo = [tid for tid, policy in policies.items() if policy == os.SCHED_FIFO]
+        # The main (command) thread, the watchdog, the loop thread and the
+        # guardian at least; threads libraries start later stay normal.
+        assert len(fifo) >= 4, policies
+        assert ctl.stats.cycles > 50
+    assert os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_OTHER  # not this process
+
+
 def test_the_state_frame_is_private_to_the_user(remote):
     info = os.stat(f"/dev/shm/{remote._frame_name}")
     assert info.st_mode & 0o777 == 0o600
