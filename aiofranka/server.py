@@ -93,8 +93,13 @@ class _ControllerServer:
         asyncio.set_event_loop(loop)
         try:
             self._robot = Robot(ip, **robot_options)
-            if self._priority is not None:
-                self._raise_priority(self._priority)
+            priority = self._priority
+            if priority is None and os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO:
+                # libfranka made this (the connecting) thread real-time and
+                # Robot set its rt_priority: the other threads follow it.
+                priority = os.sched_getparam(0).sched_priority
+            if priority is not None:
+                self._raise_priority(priority)
             self._controller = Controller(self._robot, **controller_options)
             self._controller._kernel.publish_to(self._frame.buf, self._robot.model.mass)
         except BaseException as exc:  # noqa: BLE001 - raised in the parent by mpify
@@ -279,8 +284,12 @@ class FrankaRemoteController:
       (``collision_thresholds``, ``sim``, ...).
     * ``priority``: run the child's threads (the loop, the guardian, the
       command thread) SCHED_FIFO at this priority (1-99; needs root or
-      CAP_SYS_NICE, else the constructor raises ``PermissionError``). ``None`` (default) leaves the scheduling as
-      libfranka and :class:`~aiofranka.Robot` set it. On a machine where the
+      CAP_SYS_NICE, else the constructor raises ``PermissionError``).
+      ``None`` (default): when libfranka made the connecting thread real-time
+      (it does when permitted; :class:`~aiofranka.Robot` then sets its
+      ``rt_priority``, 80 by default), the other threads of the child follow
+      it, so none waits behind a normal-priority thread holding the child's
+      GIL; otherwise everything stays normal. On a machine where the
       user's script and the loop share few cores, it keeps the loop's wake-ups
       ahead of the script's CPU work (see docs/server.md for figures).
     * ``timeout``: seconds to wait for the reply to a command (default 2.0);
