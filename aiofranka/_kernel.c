@@ -840,11 +840,30 @@ static PyObject *k_timerfd_clear(PyObject *Py_UNUSED(mod), PyObject *arg) {
     return PyLong_FromUnsignedLongLong(got < 0 ? 0 : count);
 }
 
+/* spin_until(deadline) -> now: busy-wait on CLOCK_MONOTONIC (time.perf_counter's
+ * clock on Linux) until `deadline` seconds, with the GIL released, so that a
+ * pacing spin does not keep other threads from the interpreter. */
+static PyObject *k_spin_until(PyObject *Py_UNUSED(mod), PyObject *arg) {
+    double deadline = PyFloat_AsDouble(arg);
+    if (deadline == -1.0 && PyErr_Occurred()) return NULL;
+    double now;
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    } while (now < deadline);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(now);
+}
+
 static PyMethodDef module_methods[] = {
     {"timerfd_create", (PyCFunction)k_timerfd_create, METH_NOARGS, "a non-blocking CLOCK_MONOTONIC timerfd"},
     {"timerfd_arm", (PyCFunction)(void (*)(void))k_timerfd_arm, METH_FASTCALL,
      "arm a timerfd for an absolute monotonic deadline in ns"},
     {"timerfd_clear", (PyCFunction)k_timerfd_clear, METH_O, "consume a timerfd's expirations"},
+    {"spin_until", (PyCFunction)k_spin_until, METH_O,
+     "busy-wait until a time.perf_counter() deadline with the GIL released; returns the time"},
     {"seqlock_write", (PyCFunction)(void (*)(void))k_seqlock_write, METH_FASTCALL,
      "seqlock_write(frame, values): publish values[1:] under the sequence word frame[0]"},
     {"seqlock_read", (PyCFunction)(void (*)(void))k_seqlock_read, METH_FASTCALL,
