@@ -152,7 +152,8 @@ class Franka:
             items = [(self._action, self._validate(self._action, _to_numpy(action)))]
         controller = self._controller
         if self._local:
-            self._on_loop(lambda: [setattr(controller, name, value) for name, value in items])
+            # Validated above, in this thread: the loop only swaps the arrays in.
+            self._on_loop(lambda: [controller._assign(name, value) for name, value in items])
         else:
             for name, value in items:
                 setattr(controller, name, value)
