@@ -151,7 +151,9 @@ async def test_stall_watchdog_names_the_culprit_once(held, caplog):
 
 
 async def test_pure_python_stall_is_also_named(held):
-    for _ in range(3):
-        burn_python(0.015)
+    # 40 ms, five times: long enough that a guardian delayed by a busy machine
+    # still samples the stack while burn_python runs (15 ms was missed once).
+    for _ in range(5):
+        burn_python(0.04)
         await held.wait(0.05)
     assert any("burn_python" in c.culprit for c in held.stats.culprits)
