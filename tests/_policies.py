@@ -5,6 +5,20 @@ from __future__ import annotations
 import time
 
 
+def gone_within(pid: int, seconds: float) -> bool:
+    """True once process ``pid`` no longer exists, polling for up to ``seconds``."""
+    import os
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def burn_python(seconds: float) -> int:
     """Pure-Python work that holds the GIL for ``seconds``."""
     end = time.perf_counter() + seconds

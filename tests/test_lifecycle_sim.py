@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 import aiofranka
+
+from _policies import gone_within
 
 pytestmark = pytest.mark.sim
 
@@ -30,17 +31,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_simulator_does_not_outlive_its_parent(how):
     with subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -51,7 +41,7 @@ def test_simulator_does_not_outlive_its_parent(how):
             sim_pid = int(line)
             os.kill(parent.pid, getattr(signal, how))
             parent.wait(10)
-            assert _gone_within(sim_pid, 10.0), f"simulator {sim_pid} outlived its parent ({how})"
+            assert gone_within(sim_pid, 10.0), f"simulator {sim_pid} outlived its parent ({how})"
         finally:
             if parent.poll() is None:
                 parent.kill()

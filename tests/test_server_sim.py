@@ -15,18 +15,9 @@ import pytest
 import aiofranka
 from aiofranka import FrankaRemoteController, _kernel, limits
 
+from _policies import gone_within
+
 pytestmark = pytest.mark.sim
-
-
-def _gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +179,7 @@ def test_a_dead_child_fails_the_next_call_and_takes_the_simulator_with_it():
         assert time.monotonic() - t0 < 2.0
         with pytest.raises(aiofranka.WorkerCrashedError):
             ctl.state
-        assert _gone_within(sim_pid, 10.0), "the simulator outlived the server process"
+        assert gone_within(sim_pid, 10.0), "the simulator outlived the server process"
     finally:
         ctl.close()
 
@@ -216,8 +207,8 @@ def test_the_server_and_its_simulator_end_when_the_parent_is_killed(tmp_path):
             child, sim, frame = int(line[0]), int(line[1]), line[2]
             os.kill(parent.pid, signal.SIGKILL)
             parent.wait(10)
-            assert _gone_within(child, 10.0), "the server process outlived its parent"
-            assert _gone_within(sim, 10.0), "the simulator outlived the killed parent"
+            assert gone_within(child, 10.0), "the server process outlived its parent"
+            assert gone_within(sim, 10.0), "the simulator outlived the killed parent"
             deadline = time.monotonic() + 10.0
             while os.path.exists(f"/dev/shm/{frame}") and time.monotonic() < deadline:
                 time.sleep(0.05)
