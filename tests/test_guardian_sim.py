@@ -87,7 +87,9 @@ async def test_a_two_second_sleep_is_covered_and_the_pose_holds(settled):
     assert after.lost_cycles - lost_before <= 10, story
     # Handed back: the last 0.5 s were served by the coroutine.
     assert after.cycles - during.cycles >= 400, story
-    assert after.guardian_cycles - during.guardian_cycles < 0.1 * (after.cycles - during.cycles), story
+    # (A guardian that never handed back would serve all of them; host stalls
+    # of up to 84 ms after the sleep were seen to need it for ~14 %.)
+    assert after.guardian_cycles - during.guardian_cycles < 0.3 * (after.cycles - during.cycles), story
 
 
 async def test_a_30ms_block_survives_by_default(settled):
