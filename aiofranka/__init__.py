@@ -31,7 +31,7 @@ from .exceptions import (
     WorkerCrashedError,
     WorkerStoppedError,
 )
-from .timing import LoopStats, Summary
+from .timing import LoopStats, Summary, WakeupReport, probe_wakeups
 
 __version__ = "0.1.0"
 
@@ -67,6 +67,7 @@ __all__ = [
     "Simulator",
     "SimulatorError",
     "Summary",
+    "WakeupReport",
     "WorkerCrashedError",
     "WorkerStoppedError",
     "__version__",
@@ -74,6 +75,7 @@ __all__ = [
     "async_input",
     "asyncify",
     "mpify",
+    "probe_wakeups",
     "run",
 ]
 

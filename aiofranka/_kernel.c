@@ -857,6 +857,55 @@ static PyObject *k_spin_until(PyObject *Py_UNUSED(mod), PyObject *arg) {
     return PyFloat_FromDouble(now);
 }
 
+/* wake_probe(out, start_ns, period_ns) -> None: sleep to the absolute
+ * CLOCK_MONOTONIC deadlines start_ns + (i+1)*period_ns, one per slot of `out`
+ * (a writable int64 buffer), and store in each slot how late that wake-up was
+ * (ns). The GIL is released throughout; the calling thread's scheduling
+ * policy applies. It measures what the machine does to a periodic sleeper,
+ * with no Python in the way: the floor under any loop run here. */
+static PyObject *k_wake_probe(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "wake_probe(out, start_ns, period_ns) takes 3 arguments");
+        return NULL;
+    }
+    long long start = PyLong_AsLongLong(args[1]);
+    long long period = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (period <= 0) {
+        PyErr_SetString(PyExc_ValueError, "period_ns must be positive");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (view.itemsize != 8 || !view.format || (strcmp(view.format, "q") && strcmp(view.format, "l") &&
+                                               strcmp(view.format, "<q") && strcmp(view.format, "<l"))) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "wake_probe needs a writable contiguous int64 buffer");
+        return NULL;
+    }
+#ifndef __linux__
+    PyBuffer_Release(&view);
+    PyErr_SetString(PyExc_NotImplementedError, "wake_probe is Linux-only");
+    return NULL;
+#else
+    long long *out = (long long *)view.buf;
+    Py_ssize_t n = view.len / 8;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long due = start + (long long)(i + 1) * period;
+        struct timespec ts = {(time_t)(due / 1000000000LL), (long)(due % 1000000000LL)};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+        }
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        out[i] = (long long)now.tv_sec * 1000000000LL + now.tv_nsec - due;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+#endif
+}
+
 static PyMethodDef module_methods[] = {
     {"timerfd_create", (PyCFunction)k_timerfd_create, METH_NOARGS, "a non-blocking CLOCK_MONOTONIC timerfd"},
     {"timerfd_arm", (PyCFunction)(void (*)(void))k_timerfd_arm, METH_FASTCALL,
@@ -864,6 +913,8 @@ static PyMethodDef module_methods[] = {
     {"timerfd_clear", (PyCFunction)k_timerfd_clear, METH_O, "consume a timerfd's expirations"},
     {"spin_until", (PyCFunction)k_spin_until, METH_O,
      "busy-wait until a time.perf_counter() deadline with the GIL released; returns the time"},
+    {"wake_probe", (PyCFunction)(void (*)(void))k_wake_probe, METH_FASTCALL,
+     "wake_probe(out, start_ns, period_ns): sleep to each period's deadline, GIL released; out[i] = lateness (ns)"},
     {"seqlock_write", (PyCFunction)(void (*)(void))k_seqlock_write, METH_FASTCALL,
      "seqlock_write(frame, values): publish values[1:] under the sequence word frame[0]"},
     {"seqlock_read", (PyCFunction)(void (*)(void))k_seqlock_read, METH_FASTCALL,

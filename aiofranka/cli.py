@@ -1,4 +1,4 @@
-"""The ``aiofranka`` command: ``aiofranka sim`` and ``aiofranka demo``."""
+"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo`` and ``aiofranka check``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,56 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    import os
+
+    from .timing import probe_wakeups
+
+    priority = None if args.priority == 0 else args.priority
+    if priority is not None and hasattr(os, "geteuid") and os.geteuid() != 0:
+        print(f"note: not root; SCHED_FIFO {priority} may be refused (use --priority 0 for normal scheduling)",
+              file=sys.stderr)
+
+    def progress(elapsed: float, late: int) -> None:
+        print(f"\r{elapsed:5.0f} / {args.duration:g} s, {late} wake-ups more than a period late",
+              end="", file=sys.stderr, flush=True)
+
+    print(f"sleeping to {1e3 * args.period:g} ms deadlines for {args.duration:g} s "
+          f"({'normal scheduling' if priority is None else f'SCHED_FIFO {priority}'})...", file=sys.stderr)
+    try:
+        report = probe_wakeups(args.duration, period=args.period, priority=priority, progress=progress)
+    except (PermissionError, ValueError) as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(file=sys.stderr)
+    print(report)
+    print(report.verdict)
+    return 1 if args.strict and report.late_period else 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
+    return value
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 99:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 99, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiofranka", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--ip", default=None, help="robot address (default: start the embedded simulator)")
     demo.add_argument("--duration", type=float, default=10.0, help="approximate length in seconds")
     demo.set_defaults(func=_demo)
+
+    check = sub.add_parser("check", help="measure how late this machine wakes a 1 kHz sleeper (before blaming the loop)")
+    check.add_argument("--duration", type=_positive_float, default=10.0, help="seconds to measure (default 10)")
+    check.add_argument("--period", type=_positive_float, default=1e-3, help="period in seconds (default 0.001)")
+    check.add_argument("--priority", type=_priority, default=80, metavar="0-99",
+                       help="SCHED_FIFO priority of the probe thread, as the control loop gets (default 80; "
+                            "0: normal scheduling)")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 1 if any wake-up was more than a period late")
+    check.set_defaults(func=_check)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -216,7 +216,7 @@ class Controller:
 
     def __init__(self, robot: Robot, *, mode: str = "impedance", torque_rate_limit: float = 0.95,
                  joint_limit_margin: float = 0.1, joint_limit_stiffness: float = 100.0,
-                 joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 2e-4,
+                 joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 1e-4,
                  wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
                  on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True) -> None:
         if not isinstance(robot, Robot):

@@ -12,7 +12,7 @@ enforced), one scenario after another and prints one table:
   light numpy work.
 * ``thr WAIT si=...``: the Controller holding while a pure-Python thread spins
   beside it, for each way of waiting and with the interpreter's default
-  switch interval (5 ms) or the Controller's lowered one (0.2 ms); the
+  switch interval (5 ms), 0.2 ms, or the Controller's default (0.1 ms); the
   thread's speed is given as a share of its speed alone. ``yield`` with 5 ms
   is the naive loop.
 * ``bare + L2`` / ``L2 KIND guard=on|off``: the event loop blocked for 30 ms
@@ -256,6 +256,7 @@ async def main() -> None:
             ("thread timerfd 0.2ms", thread(2e-4, "timerfd")),
             ("thread socket 5ms", thread(5e-3, "socket")),
             ("thread socket 0.2ms", thread(2e-4, "socket")),
+            ("thread socket 0.1ms", thread(1e-4, "socket")),
             ("bare L2", lambda: bare_under_l2(robot, min(args.duration, 5.0))),
             ("L2 sleep, guardian off", lambda: controller_under_l2(robot, min(args.duration, 5.0), "sleep", False)),
             ("L2 sleep, guardian on", lambda: controller_under_l2(robot, args.l2_duration, "sleep", True)),

@@ -15,7 +15,8 @@ One run prints five tables and a summary:
    so that cycles the machine loses by itself (late wake-ups on a VM) are not
    blamed on a helper.
 3. The share of its solo throughput that a pure-Python worker thread keeps
-   while the Controller holds a pose (naive loop vs the default one).
+   while the Controller holds a pose: the naive loop, then the default loop
+   with twice the default switch interval and with the default, alternated.
 4. The latency of the torch MLP (3 hidden layers of 512, batch 1) through
    ``CudaInferenceThread``, alone and while the Controller runs.
 5. Optionally, aiofranka 0.9.0's helpers measured in a separate venv
@@ -26,7 +27,12 @@ Usage::
     python benchmarks/offload.py [--seconds 20] [--quick] [--legacy-venv /tmp/af09]
                                  [--torch-threads 1]
 
-The default run takes about four minutes; ``--quick`` about one and a half.
+Before section 2 and after section 3, a C thread sleeping to 1 ms deadlines
+(:func:`aiofranka.timing.probe_wakeups`, at the loop's priority) measures the
+machine floor: wake-ups more than a period late are cycles that no loop, of
+any design, keeps on this machine at that moment.
+
+The default run takes about six minutes; ``--quick`` about two.
 Progress goes to stderr, the tables to stdout.
 """
 
@@ -323,16 +329,30 @@ async def thread_share(robot, wait: str, switch_interval: float, solo: float, du
             "stats": stats, "error": error}
 
 
+def default_switch_interval() -> float:
+    import inspect
+
+    from aiofranka import Controller
+
+    return inspect.signature(Controller).parameters["switch_interval"].default
+
+
+def share_kind(row: dict) -> str:
+    if row["wait"] == "yield":
+        return "naive"
+    return "default" if row["si"] == default_switch_interval() else "for comparison"
+
+
 def print_shares(solo: float, rows: list[dict]) -> None:
     print()
     print("3. Worker-thread throughput share: a pure-Python counting thread beside the Controller holding a pose")
     print(f"   solo rate (simulator running idle, no controller): {solo / 1e6:.2f} M iterations/s")
-    print(f"   {'loop':<40} {'thread M it/s':>13} {'% of solo':>10} {'cycles':>7} {'lost':>6} "
+    print(f"   {'loop':<44} {'thread M it/s':>13} {'% of solo':>10} {'cycles':>7} {'lost':>6} "
           f"{'readOnce wait p50 µs':>21} {'sim/s':>6}  result")
     for r in rows:
         s = r["stats"]
-        name = r["label"] + (" (naive)" if r["wait"] == "yield" else " (default)")
-        print(f"   {name:<40} {r['rate'] / 1e6:>13.2f} {r['share']:>9.1f}% {s.cycles:>7} {s.lost_cycles:>6} "
+        name = r["label"] + f" ({share_kind(r)})"
+        print(f"   {name:<44} {r['rate'] / 1e6:>13.2f} {r['share']:>9.1f}% {s.cycles:>7} {s.lost_cycles:>6} "
               f"{s.read_wait.p50_us:>21.0f} {sim_rate(s):>6.0f}  {describe_error(r['error'], s)}")
 
 
@@ -567,10 +587,14 @@ def print_legacy(legacy: dict | None, threads: dict, processes: dict) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def print_summary(threads, processes, policies, shares, mlp, legacy) -> None:
+def print_summary(threads, processes, policies, shares, mlp, legacy, floors) -> None:
     print()
     print("Summary")
     print("-------")
+    for f in floors:
+        r = f["report"]
+        print(f"* machine floor {f['when']}: {r.late_period} of {r.count} wake-ups of a bare C sleeper more "
+              f"than 1 ms late (max {r.lateness.max_us / 1000:.1f} ms): {r.verdict.split(':')[0]}")
     image = processes.get("mpify await", {}).get("obs echo")
     action = processes.get("mpify await", {}).get("obs -> action")
     if image:
@@ -582,6 +606,7 @@ def print_summary(threads, processes, policies, shares, mlp, legacy) -> None:
         if mine and floor:
             print(f"* {key} image round trip p50: {mine[0]:.0f} µs (bare thread floor {floor[0]:.0f} µs)")
     served = [r for r in policies if not r.name.startswith("inline")]
+    base = next((r.stats.lost_cycles for r in served if r.name == "none"), None)
     for r in served:
         if r.name == "none":
             print(f"* baseline, no helper and no work: {r.calls} calls, {r.stats.lost_cycles} lost cycles, "
@@ -590,7 +615,7 @@ def print_summary(threads, processes, policies, shares, mlp, legacy) -> None:
         ok = r.error is None and r.stats.lost_cycles == 0
         print(f"* {r.name}, {r.policy}: {r.calls} calls, {r.stats.lost_cycles} lost cycles, "
               f"{r.stats.takeovers} takeovers, {describe_error(r.error, r.stats)}"
-              f"{'' if ok else '  <- target: 0 lost, no error'}")
+              f"{'' if ok else f'  <- target: 0 lost, no error (baseline row: {base} lost)'}")
     for r in policies:
         if r.name == "inline, guardian off":
             outcome = (f"reflex after {r.stats.cycles} cycles" if r.error is not None else "no reflex")
@@ -600,11 +625,11 @@ def print_summary(threads, processes, policies, shares, mlp, legacy) -> None:
                   f"{r.stats.takeovers} takeovers, {r.stats.guardian_cycles} guardian cycles, "
                   f"{r.stats.lost_cycles} lost over {r.stats.cycles} cycles")
     for r in shares:
-        kind = "naive" if r["wait"] == "yield" else "default"
-        target = "" if kind == "naive" else (
+        kind = share_kind(r)
+        target = "" if kind != "default" else (
             "  (target >= 50 % with 0 lost: " + ("met)" if r["share"] >= 50.0 and r["stats"].lost_cycles == 0
                                                  else "NOT met)"))
-        print(f"* worker thread beside the {kind} loop ({r['label']}): {r['share']:.1f} % of solo, "
+        print(f"* worker thread beside the loop, {r['label']} ({kind}): {r['share']:.1f} % of solo, "
               f"{r['stats'].lost_cycles} lost{target}")
     if mlp:
         ratio = mlp["busy_trip"][0] / mlp["alone_trip"][0]
@@ -627,6 +652,25 @@ def print_summary(threads, processes, policies, shares, mlp, legacy) -> None:
 # --------------------------------------------------------------------------- main
 
 
+async def machine_floor(seconds: float, when: str) -> dict:
+    """What the machine does to a bare periodic sleeper (C, no Python, the
+    loop thread's priority): the lost cycles no loop design can avoid here."""
+    from aiofranka.timing import probe_wakeups
+
+    priority = 80 if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    progress(f"machine floor {when}: a C thread sleeping to 1 ms deadlines ({seconds:g} s)...")
+    report = await asyncio.to_thread(probe_wakeups, seconds, priority=priority)
+    return {"when": when, "report": report}
+
+
+def print_floors(floors: list[dict]) -> None:
+    print()
+    print("Machine floor: a thread sleeping to 1 ms deadlines in C (clock_nanosleep, no Python), with the simulator")
+    print("   open and idle; a wake-up more than 1 ms late is a cycle any loop here would have lost")
+    for f in floors:
+        print(f"   {f['when']:<28} {f['report']}")
+
+
 async def robot_sections(args, seconds: float, torch, model, torch_note: str) -> tuple[list, float, list, dict]:
     from aiofranka import CudaInferenceThread, Robot
     from loop import spin_rate
@@ -646,24 +690,32 @@ async def robot_sections(args, seconds: float, torch, model, torch_note: str) ->
     policies: list[PolicyRow] = []
     shares: list[dict] = []
     mlp: dict = {}
+    floors: list[dict] = []
     solo = float("nan")
     try:
         for _ in range(20):  # warm the model on its thread before any controller starts
             await infer(np.zeros(7))
         progress("opening the embedded simulator...")
         with Robot() as robot:
+            floors.append(await machine_floor(seconds, "before section 2"))
             policies = await policy_scenarios(robot, seconds, infer, torch_note)
             print_policies(policies, seconds)
             solo_s = 2.0 if args.quick else 5.0
             progress(f"3/5 solo rate of the worker thread ({solo_s:g} s)...")
             solo = await asyncio.to_thread(spin_rate, solo_s)
             shares.append(await thread_share(robot, "yield", 5e-3, solo, seconds))
-            if robot.state_fd is not None:
-                shares.append(await thread_share(robot, "socket", 2e-4, solo, seconds))
-            else:
+            wait = "socket"
+            if robot.state_fd is None:
                 progress("3/5 the state socket was not identified: wait='socket' unavailable, using 'auto'")
-                shares.append(await thread_share(robot, "auto", 2e-4, solo, seconds))
+                wait = "auto"
+            # The default interval beside twice it, alternated so that a change
+            # in the host's load does not land on one of them only.
+            for _ in range(1 if args.quick else 2):
+                for si in (2 * default_switch_interval(), default_switch_interval()):
+                    shares.append(await thread_share(robot, wait, si, solo, seconds))
             print_shares(solo, shares)
+            floors.append(await machine_floor(seconds, "after section 3"))
+            print_floors(floors)
             mlp = await mlp_inflation(robot, infer, 3.0 if args.quick else 10.0, seconds)
             print_mlp(mlp, torch_note)
     finally:
@@ -671,7 +723,7 @@ async def robot_sections(args, seconds: float, torch, model, torch_note: str) ->
         from aiofranka.threads import shutdown_asyncify_pool
 
         await asyncio.to_thread(shutdown_asyncify_pool)
-    return policies, solo, shares, mlp
+    return policies, solo, shares, mlp, floors
 
 
 def main() -> None:
@@ -717,9 +769,9 @@ def main() -> None:
         for _ in range(50):
             model(torch.zeros(1, 64))
 
-    policies, solo, shares, mlp = asyncio.run(robot_sections(args, seconds, torch, model, torch_note))
+    policies, solo, shares, mlp, floors = asyncio.run(robot_sections(args, seconds, torch, model, torch_note))
     print_legacy(legacy, threads, processes)
-    print_summary(threads, processes, policies, shares, mlp, legacy)
+    print_summary(threads, processes, policies, shares, mlp, legacy, floors)
     progress("done")
 
 
