@@ -228,8 +228,10 @@ class WakeupReport:
     * ``lateness``: how late each wake-up was past its deadline (µs).
     * ``late_half_period``: wake-ups later than half a period.
     * ``late_period``: wake-ups later than a whole period. A 1 kHz loop that
-      wakes this late has missed a state: on this machine a loop of any
-      design loses about this many cycles over the same time.
+      wakes this late has missed a state: against a real robot, whose clock
+      runs on while this machine stalls, a loop of any design would lose
+      about this many cycles over the same time. (A simulator on the same
+      CPUs stalls with them, and charges fewer.)
     """
 
     count: int
@@ -248,8 +250,9 @@ class WakeupReport:
         period_us = self.period_s * 1e6
         if self.late_period:
             return (f"not fit: {self.late_period} of {self.count} wake-ups came more than a period "
-                    f"({period_us:.0f} us) late, the worst {self.lateness.max_us / 1000:.1f} ms; a loop "
-                    f"here loses cycles whatever runs in it (a VM, power saving, or no PREEMPT_RT kernel)")
+                    f"({period_us:.0f} us) late, the worst {self.lateness.max_us / 1000:.1f} ms; against a "
+                    f"real robot a loop here loses cycles however it is written (a VM's host, power "
+                    f"saving, or no PREEMPT_RT kernel)")
         if self.late_half_period or self.lateness.max_us > 300.0:
             return (f"marginal: no wake-up was a whole period late, but the worst was "
                     f"{self.lateness.max_us:.0f} us against Franka's ~300 us budget for the client's work")
@@ -271,7 +274,8 @@ def probe_wakeups(duration: float = 10.0, *, period: float = 1e-3, priority: int
     with the GIL released) every ``period`` seconds for ``duration`` seconds,
     and records how late each wake-up was. No Python runs between wake-ups,
     so the figures are the floor under any control loop on this machine: a
-    wake-up later than a period is a cycle a 1 kHz loop would lose by itself.
+    wake-up later than a period is a cycle a 1 kHz loop would lose by itself
+    against a real robot.
     Run it before blaming a helper or a policy for lost cycles.
 
     ``priority`` (1-99) runs the probe thread at ``SCHED_FIFO`` with that

@@ -25,12 +25,13 @@ One run prints five tables and a summary:
 Usage::
 
     python benchmarks/offload.py [--seconds 20] [--quick] [--legacy-venv /tmp/af09]
-                                 [--torch-threads 1]
+                                 [--torch-threads 1] [--share-rounds 2]
 
 Before section 2 and after section 3, a C thread sleeping to 1 ms deadlines
 (:func:`aiofranka.timing.probe_wakeups`, at the loop's priority) measures the
 machine floor: wake-ups more than a period late are cycles that no loop, of
-any design, keeps on this machine at that moment.
+any design, would keep against a real robot on this machine at that moment
+(the simulator stalls with the machine, so it charges far fewer).
 
 The default run takes about six minutes; ``--quick`` about two.
 Progress goes to stderr, the tables to stdout.
@@ -666,7 +667,8 @@ async def machine_floor(seconds: float, when: str) -> dict:
 def print_floors(floors: list[dict]) -> None:
     print()
     print("Machine floor: a thread sleeping to 1 ms deadlines in C (clock_nanosleep, no Python), with the simulator")
-    print("   open and idle; a wake-up more than 1 ms late is a cycle any loop here would have lost")
+    print("   open and idle; a wake-up more than 1 ms late is a cycle any loop here would have lost against a real")
+    print("   robot (the simulator shares these CPUs and stalls with them, so it charges far fewer)")
     for f in floors:
         print(f"   {f['when']:<28} {f['report']}")
 
@@ -710,7 +712,7 @@ async def robot_sections(args, seconds: float, torch, model, torch_note: str) ->
                 wait = "auto"
             # The default interval beside twice it, alternated so that a change
             # in the host's load does not land on one of them only.
-            for _ in range(1 if args.quick else 2):
+            for _ in range(args.share_rounds if args.share_rounds else (1 if args.quick else 2)):
                 for si in (2 * default_switch_interval(), default_switch_interval()):
                     shares.append(await thread_share(robot, wait, si, solo, seconds))
             print_shares(solo, shares)
@@ -733,6 +735,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 s scenarios and fewer round trips")
     parser.add_argument("--legacy-venv", metavar="PATH", default=None,
                         help="a venv where aiofranka==0.9.0 is importable: measure its helpers beside ours")
+    parser.add_argument("--share-rounds", type=int, default=0,
+                        help="alternated pairs (twice the default switch interval, the default) in section 3 "
+                             "(default 2, 1 with --quick)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch.set_num_threads for the MLP (default 1; 0 leaves torch's default)")
     args = parser.parse_args()
