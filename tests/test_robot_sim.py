@@ -36,6 +36,29 @@ def test_threads_created_after_connecting_do_not_inherit_realtime_priority(robot
     assert os.sched_getparam(0).sched_priority == 80
 
 
+def test_close_puts_the_connecting_thread_back_on_its_own_scheduling():
+    if os.geteuid() != 0:
+        pytest.skip("libfranka promotes the connecting thread only where it may (root)")
+    from aiofranka import Robot
+
+    seen = {}
+
+    def connect_and_close():
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # like a user's script thread
+        robot = Robot()
+        try:
+            seen["open"] = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(0).sched_priority
+        finally:
+            robot.close()
+        seen["closed"] = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(0).sched_priority
+
+    thread = threading.Thread(target=connect_and_close)
+    thread.start()
+    thread.join(60)
+    assert seen["open"] == (os.SCHED_FIFO, 80)
+    assert seen["closed"] == (os.SCHED_OTHER, 0)
+
+
 def test_collision_thresholds_are_validated(robot):
     ok7, ok6 = [20.0] * 7, [20.0] * 6
     robot.set_collision_behavior(ok7, ok7, ok6, ok6)
