@@ -108,7 +108,9 @@ async def test_blocking_the_event_loop_causes_a_reflex_raised_from_the_next_awai
     await controller.start()
     await controller.wait(0.5)
     assert controller.stats.cycles >= 450
-    assert controller.stats.lost_cycles <= 5  # generous: the machine is shared with the simulator
+    # Generous: a host that stalls this VM costs a few cycles in any half second;
+    # a loop that is not running, or waits with the GIL held, loses hundreds.
+    assert controller.stats.lost_cycles <= 25
     await controller.stop()
 
 

@@ -84,7 +84,10 @@ def test_run_drives_the_simulated_arm_for_ten_seconds(remote):
     # target sent one period before.
     assert seen.max() - seen.min() > 0.3
     worst = np.max(np.abs(seen[1:] - sent[:-1]))
-    assert worst < 0.05, f"worst tracking error {worst:.3f} rad"
+    # Usually under 0.03 rad; a host stall that holds the session thread but
+    # not the simulator makes the next target jump, so allow 0.1 (an arm that
+    # did not follow would be off by up to the 0.4 rad swing).
+    assert worst < 0.1, f"worst tracking error {worst:.3f} rad"
     # A loop that shares the session's GIL, or a broken hand-off, loses hundreds.
     assert lost <= 20, f"{lost} cycles lost"
     remote.move(limits.Q_HOME, speed=0.5)
