@@ -84,9 +84,10 @@ def test_run_drives_the_simulated_arm_for_ten_seconds(remote):
     # target sent one period before.
     assert seen.max() - seen.min() > 0.3
     worst = np.max(np.abs(seen[1:] - sent[:-1]))
-    # Usually under 0.03 rad; a host stall that holds the session thread but
+    # One run here: 0.044 rad. A host stall that holds the session thread but
     # not the simulator makes the next target jump, so allow 0.1 (an arm that
     # did not follow would be off by up to the 0.4 rad swing).
+    print(f"worst tracking error {worst:.3f} rad")
     assert worst < 0.1, f"worst tracking error {worst:.3f} rad"
     # A loop that shares the session's GIL, or a broken hand-off, loses hundreds.
     assert lost <= 20, f"{lost} cycles lost"
