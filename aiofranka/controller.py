@@ -555,7 +555,9 @@ class Controller:
     def _serve(self) -> None:
         """Serve one cycle from the event loop, unless the guardian has it."""
         done = self._session_done
-        if done is None or done.done():
+        if done is None or done.done() or self._session_finished:
+            # After motion_finished no state comes, and a readOnce would wait
+            # for one with the GIL held.
             return
         lock = self._cycle_lock
         if self._guardian_active or not lock.acquire(False):

@@ -192,6 +192,9 @@ class Guardian(threading.Thread):
         self._state_poll = state_poll
         waits_on_socket = getattr(c, "_wait_mode", None) == "socket"
         while not stopped() and c._guard_running:
+            if c._session_finished:
+                sleep(0.001)  # nothing left to serve; the loop winds down and stops us
+                continue
             epoch, due = c._due
             now = monotonic_ns()
             if c._claimed_epoch >= epoch:
@@ -219,6 +222,8 @@ class Guardian(threading.Thread):
                 if served_ms is not None:
                     self._record(culprit, served_ms)
                     continue
+                if c._session_finished:
+                    continue  # not a stall: the session ended and the loop is winding down
             while c._claimed_epoch < epoch and c._guard_running and not stopped():
                 sleep(0.0002)
             self._record(culprit, (monotonic_ns() - due) / 1e6)
@@ -242,7 +247,10 @@ class Guardian(threading.Thread):
         lock = c._cycle_lock
         if not lock.acquire(blocking=False):
             return None  # the loop is serving this very cycle
-        if c._claimed_epoch >= c._due[0]:
+        if c._claimed_epoch >= c._due[0] or c._session_finished:
+            # Claimed after all, or the session already ended (the loop wrote
+            # motion_finished and has not wound down yet): no state will come,
+            # and a readOnce would wait for one with the GIL held.
             lock.release()
             return None
         c._loop_back = False

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -143,3 +146,42 @@ def test_bad_guardian_options():
         Controller.__init__(object.__new__(Controller), robot, stall_limit=0)
     with pytest.raises(ValueError, match="on_stall='stop' needs guardian=True"):
         Controller.__init__(object.__new__(Controller), robot, on_stall="stop", guardian=False)
+
+
+WIND_DOWN_LATE = textwrap.dedent("""
+    import asyncio, time
+    from aiofranka import Controller, Robot
+
+    class SlowToWindDown(Controller):
+        def _finish(self, error, first):
+            if self._session_finished:
+                time.sleep(0.05)  # the loop winds down late after motion_finished
+            super()._finish(error, first)
+
+    async def main():
+        with Robot() as robot:
+            for _ in range(3):
+                controller = SlowToWindDown(robot)
+                await controller.start()
+                await controller.wait(0.2)
+                await controller.stop()
+                await controller.close()
+        print("ok", flush=True)
+
+    asyncio.run(main())
+""")
+
+
+def test_the_guardian_does_not_serve_a_session_that_has_ended():
+    """Between the last write (motion_finished) and the loop winding down, the next
+    cycle looks unclaimed. A guardian that took it over called readOnce on a
+    session that sends no more states, which blocks with the GIL held: the whole
+    process froze (first seen under load, in a test whose loop thread ran at normal
+    priority). Run in a child so that a regression fails instead of hanging."""
+    try:
+        result = subprocess.run([sys.executable, "-c", WIND_DOWN_LATE], capture_output=True, text=True,
+                                timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process froze after stop(): the guardian read from a finished session")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
