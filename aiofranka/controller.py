@@ -516,12 +516,19 @@ class Controller:
     def _start_guardian(self, loop) -> None:
         self._guard_running = True
         watch_gc(True)
+        # Above the loop thread and the user's threads: the loop thread's
+        # SCHED_FIFO priority + 1, or, when the loop runs on a thread other than
+        # the one that connected (normal scheduling), the robot's + 1, so that
+        # the guardian still wins the CPU when the loop's thread does not.
         priority = None
         try:
             if os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO:
-                priority = min(99, os.sched_getparam(0).sched_priority + 1)  # above the loop and user threads
+                priority = min(99, os.sched_getparam(0).sched_priority + 1)
         except (OSError, AttributeError):
             pass
+        robot_priority = getattr(self._robot, "rt_priority", None)
+        if priority is None and robot_priority is not None:
+            priority = min(99, robot_priority + 1)
         self._guardian = Guardian(self, threshold_ns=self._stall_threshold_ns, loop=loop,
                                   loop_thread_id=threading.get_ident(), rt_priority=priority,
                                   takeover=self._takeover, log_stalls=self._on_stall != "silent",

@@ -235,7 +235,9 @@ class Robot:
         #: ``None`` otherwise. The controller waits for it to become readable
         #: instead of blocking in ``readOnce`` with the GIL held.
         self.state_fd: int | None = new.pop() if len(new) == 1 else None
-        self._fix_scheduling(rt_priority)
+        #: The SCHED_FIFO priority the connecting thread runs at (None: normal
+        #: scheduling, e.g. without root). The guardian runs one above it.
+        self.rt_priority: int | None = self._fix_scheduling(rt_priority)
         self._sched_set = _thread_scheduling(threading.get_native_id())
         with translate_libfranka():
             self.model = self._robot.load_model()
@@ -270,16 +272,21 @@ class Robot:
                 self._owner = None
 
     @staticmethod
-    def _fix_scheduling(rt_priority: int | None) -> None:
+    def _fix_scheduling(rt_priority: int | None) -> int | None:
+        """Lower libfranka's promotion to ``rt_priority``; the SCHED_FIFO priority in force after, or None."""
         try:
             if os.sched_getscheduler(0) != os.SCHED_FIFO:
-                return
+                return None
             if rt_priority is None:
                 os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
-            else:
-                os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
+                return None
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
+            return rt_priority
         except (OSError, AttributeError):  # not Linux, or not permitted: leave it as libfranka set it
-            pass
+            try:
+                return os.sched_getparam(0).sched_priority if os.sched_getscheduler(0) == os.SCHED_FIFO else None
+            except (OSError, AttributeError):
+                return None
 
     # -- plain (non-realtime) commands ------------------------------------
 

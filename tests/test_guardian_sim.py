@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -130,7 +133,12 @@ async def test_targets_set_before_a_stall_are_tracked_during_it(settled):
     target = limits.Q_HOME.copy()
     target[0] += 0.15
     settled.q_desired = target
-    time.sleep(0.5)  # the guardian tracks the new target while the loop is blocked
+    # The event loop stays blocked for 0.5 s of robot time (the simulator may
+    # run slower than real time); the guardian tracks the new target meanwhile.
+    start_ms = settled._buf.time_ms
+    deadline = time.monotonic() + 30.0
+    while settled._buf.time_ms < start_ms + 500 and time.monotonic() < deadline:
+        time.sleep(0.05)
     stats = settled.stats
     assert stats.takeovers >= 1
     assert np.max(np.abs(settled._buf.q - target)) < JOINT_TOL
@@ -185,3 +193,28 @@ def test_the_guardian_does_not_serve_a_session_that_has_ended():
         pytest.fail("the process froze after stop(): the guardian read from a finished session")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
+
+
+def test_the_guardian_outranks_a_loop_thread_that_runs_at_normal_priority(robot):
+    """A loop on a thread other than the one that connected runs at normal
+    priority; the guardian still takes the robot's real-time priority + 1, so
+    that it gets the CPU when the loop's thread does not."""
+    if robot.rt_priority is None:
+        pytest.skip("the connecting thread is not real-time here (needs root)")
+    seen = {}
+
+    def on_a_plain_thread():
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+        async def main():
+            async with Controller(robot) as controller:
+                await controller.wait(0.1)  # the guardian sets its priority as it starts
+                tid = controller._guardian.native_id
+                seen["guardian"] = os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=on_a_plain_thread)
+    thread.start()
+    thread.join(30)
+    assert seen["guardian"] == (os.SCHED_FIFO, robot.rt_priority + 1)
