@@ -295,6 +295,7 @@ class Controller:
         self._ramp_left = -1
         self._ramp_total = 1
         self._switch_interval_in_force = switch_interval
+        self._loop_sched_saved: tuple | None = None
         # Pacing: when the next state is due, and the guardian's view of it.
         self._timerfd = -1
         self._session_done: asyncio.Future | None = None
@@ -483,6 +484,7 @@ class Controller:
         # Everything slow happens before the session opens: once it is open the
         # robot expects a command every millisecond.
         self._switch_interval_in_force = self._switch_interval
+        self._promote_loop_thread()
         _switch_interval.enter(self._switch_interval)
         if self._gc_freeze:
             _gc_freezer.enter()
@@ -512,6 +514,39 @@ class Controller:
         self._task = loop.create_task(self._run(first), name="aiofranka-control-loop")
         await first
         self._raise_stored_error()
+
+    def _promote_loop_thread(self) -> None:
+        """Run the event-loop thread at the robot's real-time priority for the session.
+
+        libfranka makes the thread that connects real-time; a loop on another
+        thread would run at normal priority, where it can be descheduled for
+        tens of milliseconds while it holds the GIL, and then neither it nor the
+        guardian can serve the robot. The thread's own policy is put back when
+        the session ends.
+        """
+        self._loop_sched_saved = None
+        priority = getattr(self._robot, "rt_priority", None)
+        if priority is None:
+            return
+        try:
+            policy = os.sched_getscheduler(0)
+            if policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0) != os.SCHED_OTHER:
+                return  # already real-time (or batch/idle on purpose): leave it
+            saved = (threading.get_native_id(), policy, os.sched_getparam(0).sched_priority)
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+            self._loop_sched_saved = saved
+        except (OSError, AttributeError):  # not permitted here: stay as we are
+            pass
+
+    def _restore_loop_thread(self) -> None:
+        saved, self._loop_sched_saved = getattr(self, "_loop_sched_saved", None), None
+        if saved is None:
+            return
+        tid, policy, priority = saved
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(priority))
+        except (OSError, AttributeError):  # the thread is gone
+            pass
 
     def _start_guardian(self, loop) -> None:
         self._guard_running = True
@@ -954,6 +989,7 @@ class Controller:
         if self._gc_freeze:
             _gc_freezer.leave()
         self._robot.release(self)
+        self._restore_loop_thread()
         self._guard_running = False
         if self._guardian is not None:
             self._last_guardian = self._guardian
