@@ -42,6 +42,7 @@ from .exceptions import (
 )
 from .guardian import Guardian, watch_gc
 from .robot import Robot, RobotState
+from .threads import restore_thread_scheduling, thread_scheduling
 from .timing import LatencyHistogram, LoopStats
 from .trajectory import plan_joint_motion
 
@@ -528,42 +529,28 @@ class Controller:
         priority = getattr(self._robot, "rt_priority", None)
         if priority is None:
             return
+        saved = thread_scheduling(threading.get_native_id())
+        if saved is None or saved[1] & ~getattr(os, "SCHED_RESET_ON_FORK", 0) != os.SCHED_OTHER:
+            return  # already real-time (or batch/idle on purpose): leave it
         try:
-            policy = os.sched_getscheduler(0)
-            if policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0) != os.SCHED_OTHER:
-                return  # already real-time (or batch/idle on purpose): leave it
-            saved = (threading.get_native_id(), policy, os.sched_getparam(0).sched_priority)
             os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
             self._loop_sched_saved = saved
         except (OSError, AttributeError):  # not permitted here: stay as we are
             pass
 
     def _restore_loop_thread(self) -> None:
-        saved, self._loop_sched_saved = getattr(self, "_loop_sched_saved", None), None
-        if saved is None:
-            return
-        tid, policy, priority = saved
-        try:
-            os.sched_setscheduler(tid, policy, os.sched_param(priority))
-        except (OSError, AttributeError):  # the thread is gone
-            pass
+        saved, self._loop_sched_saved = self._loop_sched_saved, None
+        restore_thread_scheduling(saved)
 
     def _start_guardian(self, loop) -> None:
         self._guard_running = True
         watch_gc(True)
-        # Above the loop thread and the user's threads: the loop thread's
-        # SCHED_FIFO priority + 1, or, when the loop runs on a thread other than
-        # the one that connected (normal scheduling), the robot's + 1, so that
-        # the guardian still wins the CPU when the loop's thread does not.
         priority = None
         try:
             if os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO:
-                priority = min(99, os.sched_getparam(0).sched_priority + 1)
+                priority = min(99, os.sched_getparam(0).sched_priority + 1)  # above the loop and user threads
         except (OSError, AttributeError):
             pass
-        robot_priority = getattr(self._robot, "rt_priority", None)
-        if priority is None and robot_priority is not None:
-            priority = min(99, robot_priority + 1)
         self._guardian = Guardian(self, threshold_ns=self._stall_threshold_ns, loop=loop,
                                   loop_thread_id=threading.get_ident(), rt_priority=priority,
                                   takeover=self._takeover, log_stalls=self._on_stall != "silent",

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from .exceptions import InvalidOperationError, MissingDependencyError, RobotConnectionError, translate_libfranka
+from .threads import restore_thread_scheduling, thread_scheduling
 
 __all__ = ["Robot", "RobotState"]
 
@@ -57,14 +58,6 @@ def _has_preempt_rt() -> bool:
             return handle.read().strip() == "1"
     except OSError:
         return "PREEMPT_RT" in os.uname().version
-
-
-def _thread_scheduling(tid: int) -> tuple | None:
-    """(tid, policy, priority) of a thread of this process; None where unknown."""
-    try:
-        return tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
-    except (OSError, AttributeError):
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +214,7 @@ class Robot:
         enforce = _has_preempt_rt() if realtime == "auto" else bool(realtime)
         config = pf.RealtimeConfig.kEnforce if enforce else pf.RealtimeConfig.kIgnore
         before = _udp_sockets()
-        self._sched_saved = _thread_scheduling(threading.get_native_id())
+        self._sched_saved = thread_scheduling(threading.get_native_id())
         self._sched_set = None
         try:
             with translate_libfranka():
@@ -238,7 +231,7 @@ class Robot:
         #: The SCHED_FIFO priority the connecting thread runs at (None: normal
         #: scheduling, e.g. without root). The guardian runs one above it.
         self.rt_priority: int | None = self._fix_scheduling(rt_priority)
-        self._sched_set = _thread_scheduling(threading.get_native_id())
+        self._sched_set = thread_scheduling(threading.get_native_id())
         with translate_libfranka():
             self.model = self._robot.load_model()
         if collision_thresholds is not None:
@@ -379,15 +372,8 @@ class Robot:
         promoted it, unless something changed it since (or it has exited)."""
         saved, changed = getattr(self, "_sched_saved", None), getattr(self, "_sched_set", None)
         self._sched_saved = self._sched_set = None
-        if saved is None or changed is None or saved == changed:
-            return
-        tid, policy, priority = saved
-        if _thread_scheduling(tid) != changed:
-            return
-        try:
-            os.sched_setscheduler(tid, policy, os.sched_param(priority))
-        except (OSError, AttributeError):  # exited, or not permitted: nothing to restore
-            pass
+        if changed is not None and saved != changed:
+            restore_thread_scheduling(saved, unless_changed_from=changed)
 
     @property
     def closed(self) -> bool:

@@ -98,13 +98,40 @@ def reset_thread_scheduling() -> bool:
     policy it has.  On Linux the call applies to the calling thread only.
     """
     try:
-        policy = os.sched_getscheduler(0)
+        policy = os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
         if policy in (os.SCHED_FIFO, os.SCHED_RR):
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             return True
     except (AttributeError, OSError):
         pass
     return False
+
+
+def thread_scheduling(tid: int) -> tuple | None:
+    """``(tid, policy, priority)`` of a thread of this process (its native id);
+    None where it cannot be read. :func:`restore_thread_scheduling` takes it back."""
+    try:
+        return tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+    except (AttributeError, OSError):
+        return None
+
+
+def restore_thread_scheduling(saved: tuple | None, *, unless_changed_from: tuple | None = None) -> None:
+    """Put a thread back on a policy saved by :func:`thread_scheduling`.
+
+    With ``unless_changed_from``, only if the thread still runs that policy
+    (something else may have changed it meanwhile). A thread that has exited,
+    or a change this process may not make, is ignored.
+    """
+    if saved is None:
+        return
+    tid, policy, priority = saved
+    if unless_changed_from is not None and thread_scheduling(tid) != unless_changed_from:
+        return
+    try:
+        os.sched_setscheduler(tid, policy, os.sched_param(priority))
+    except (AttributeError, OSError):
+        pass
 
 
 # --------------------------------------------------------------------------

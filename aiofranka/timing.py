@@ -287,6 +287,7 @@ def probe_wakeups(duration: float = 10.0, *, period: float = 1e-3, priority: int
     from async code use ``await asyncio.to_thread(probe_wakeups, ...)``.
     """
     from . import _kernel
+    from .threads import reset_thread_scheduling
 
     duration = validation.positive("duration", duration, upper=3600.0)
     period = validation.positive("period", period, upper=1.0)
@@ -302,8 +303,7 @@ def probe_wakeups(duration: float = 10.0, *, period: float = 1e-3, priority: int
     def probe() -> None:
         try:
             if priority is None:
-                if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
-                    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                reset_thread_scheduling()
             else:
                 try:
                     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
