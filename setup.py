@@ -6,10 +6,10 @@ setup(
     ext_modules=[
         Extension(
             "aiofranka._kernel",
-            sources=["aiofranka/_kernel.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+            sources=["aiofranka/_kernel.c", "aiofranka/_direct.cpp"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
-            libraries=["m"],
+            libraries=["m", "dl", "pthread"],
         )
     ]
 )

@@ -27,10 +27,20 @@
 #include <stdint.h>
 #include <sched.h>
 #include <unistd.h>
+#include <stdatomic.h>
+#include <pthread.h>
+#include <poll.h>
+#include <signal.h>
 #ifdef __linux__
 #include <sys/timerfd.h>
+#include <sys/uio.h>
 #include <time.h>
 #endif
+
+/* aiofranka/_direct.cpp: libfranka's readOnce/writeOnce without the GIL. */
+int afd_bind(void *ctl, void **read_fn, void **write_fn, char *err, size_t n);
+int afd_read(void *fn, void *ctl, void *result, char *msg, size_t n);
+int afd_write(void *fn, void *ctl, const void *torques, char *msg, size_t n);
 
 /* FR3 kinematics, modified (Craig) Denavit-Hartenberg parameters per joint:
  * a_{i-1}, d_i, alpha_{i-1}; then the flange (d = 0.107). */
@@ -66,6 +76,33 @@ typedef struct {
     PyObject *mass_fn;
     double stage[F_LEN];
     double published;
+    /* Who serves a cycle: the loop, the guardian and the rescue thread take
+     * this lock (acquire/release, like threading.Lock) around a cycle. */
+    atomic_int lock_word;
+    /* Every cycle written, whoever wrote it: when (CLOCK_MONOTONIC ns), the
+     * robot time (ms, -1 before the first), and the states lost in between. */
+    atomic_llong last_write_ns;
+    long long last_time_ms;
+    long long lost;
+    atomic_int finished; /* motion_finished was written: nothing more to serve */
+    /* The law's inputs as of the last cycle, for the rescue thread. */
+    int last_mode;
+    double last_scale;
+    double last_params[49];
+    /* The rescue thread (see "rescue" below). */
+    pthread_t r_thread;
+    int r_started;
+    atomic_int r_run;
+    int r_fd, r_priority;
+    long long r_after_ns, r_grace_ns;
+    void *r_ctl, *r_read, *r_write;
+    unsigned char *r_tq; /* the Torques object's C++ storage */
+    PyObject *r_ctl_obj, *r_tq_obj, *r_exc[3];
+    long r_off[9];
+    unsigned char *r_state;
+    atomic_int r_error_kind;
+    char r_error[512];
+    atomic_llong rescued, r_episodes, r_longest_ns;
 } Kernel;
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -195,7 +232,10 @@ static void Kernel_unpublish(Kernel *self) {
     Py_CLEAR(self->mass_fn);
 }
 
+static void rescue_join(Kernel *self);
+
 static void Kernel_dealloc(Kernel *self) {
+    rescue_join(self);
     Kernel_release(self);
     Kernel_unpublish(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -208,6 +248,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kwds) {
     PyObject *objs[B_COUNT];
     PyObject *offset = Py_None;
     Kernel_release(self);
+    self->last_time_ms = -1;
+    self->r_fd = -1;
     self->margin = 0.1; self->stiffness = 100.0; self->damping = 5.0;
     self->max_translation = 0.05; self->max_rotation = 0.3; self->null_damping = 1e-3;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOOO|Odddddd", kwlist, &objs[0], &objs[1], &objs[2],
@@ -616,7 +658,8 @@ static PyObject *Kernel_publish_to(Kernel *self, PyObject *const *args, Py_ssize
 static PyObject *s_tau_ext, *s_tau_J;
 static int read_attr(PyObject *state, PyObject *name, double *dst, Py_ssize_t n);
 
-static int publish(Kernel *self, PyObject *state, double time_ms, double success) {
+/* The frame's slots every cycle fills the same way, whoever served it. */
+static void stage_common(Kernel *self, double time_ms, double success) {
     double *st = self->stage;
     st[F_TIME] = time_ms;
     st[F_SUCCESS] = success;
@@ -628,6 +671,11 @@ static int publish(Kernel *self, PyObject *state, double time_ms, double success
     const double *ee = self->b[B_EE];
     double point[3] = {ee[12], ee[13], ee[14]};
     fr3_jacobian(self->b[B_Q], point, st + F_JAC);
+}
+
+static int publish(Kernel *self, PyObject *state, double time_ms, double success) {
+    double *st = self->stage;
+    stage_common(self, time_ms, success);
     if (read_attr(state, s_tau_ext, st + F_TAU_EXT, 7) < 0 || read_attr(state, s_tau_J, st + F_TAU_J, 7) < 0)
         return -1;
     if (self->mass_fn) {
@@ -661,6 +709,16 @@ static int read_attr(PyObject *state, PyObject *name, double *dst, Py_ssize_t n)
     return rc;
 }
 
+/* Book-keeping after any cycle's write (the writer holds the cycle lock). */
+static void note_written(Kernel *self, long long time_ms, int finished) {
+    if (self->last_time_ms >= 0 && time_ms - self->last_time_ms > 1) self->lost += time_ms - self->last_time_ms - 1;
+    self->last_time_ms = time_ms;
+    if (finished) atomic_store(&self->finished, 1);
+    atomic_store(&self->last_write_ns, now_ns());
+}
+
+static PyObject *rescue_raise(Kernel *self);
+
 /* cycle(ctl, Torques, mode, scale, finish_if_zero, *params)
  *   mode 0: params = (q_desired, dq_desired, kp, kd)
  *   mode 1: params = (ee_desired, ee_kp, ee_kd, q_null, null_kp, null_kd)
@@ -688,10 +746,20 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_ValueError, "cycle: bad mode or parameter count");
         return NULL;
     }
+    if (atomic_load(&self->r_error_kind)) return rescue_raise(self);
     Py_buffer v[6];
     Py_ssize_t held = 0;
     for (; held < counts[mode]; held++)
         if (get_vec(args[5 + held], &v[held], lens[mode][held], "cycle parameter") < 0) goto fail_buffers;
+    {   /* kept for the rescue thread, which has no access to Python objects */
+        double *dst = self->last_params;
+        for (Py_ssize_t i = 0; i < held; i++) {
+            memcpy(dst, v[i].buf, (size_t)v[i].len);
+            dst += v[i].len / 8;
+        }
+        self->last_mode = (int)mode;
+        self->last_scale = scale;
+    }
 
     long long t_call = now_ns();
     PyObject *pair = PyObject_CallMethodNoArgs(ctl, s_readOnce);
@@ -746,6 +814,7 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
     Py_DECREF(ok);
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     long long time_ms = llround(sec * 1000.0);
+    note_written(self, time_ms, finished);
     if (self->has_pub && publish(self, state, (double)time_ms, success) < 0) goto fail_state;
     int flags = (finite ? 0 : 1) | (finished ? 2 : 0);
     return Py_BuildValue("(NLdLLLi)", state, time_ms, success, t_call, t_read, t_write, flags);
@@ -755,6 +824,348 @@ fail_state:
 fail_buffers:
     for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
     return NULL;
+}
+
+/* ---- the cycle lock --------------------------------------------------------
+ * A lock the rescue thread can take without the GIL. acquire(blocking=True,
+ * timeout=-1) and release() behave like threading.Lock's; a blocking acquire
+ * waits with the GIL released. */
+
+static int lock_try(Kernel *self) {
+    int expected = 0;
+    return atomic_compare_exchange_strong(&self->lock_word, &expected, 1);
+}
+
+static void lock_release(Kernel *self) { atomic_store(&self->lock_word, 0); }
+
+static PyObject *Kernel_acquire(Kernel *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pd", kwlist, &blocking, &timeout)) return NULL;
+    if (lock_try(self)) Py_RETURN_TRUE;
+    if (!blocking) Py_RETURN_FALSE;
+    long long deadline = timeout < 0.0 ? LLONG_MAX : now_ns() + (long long)(timeout * 1e9);
+    int got = 0;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec pause = {0, 20000};
+    while (!(got = lock_try(self)) && now_ns() < deadline) nanosleep(&pause, NULL);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(got);
+}
+
+static PyObject *Kernel_release_lock(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    if (!atomic_load(&self->lock_word)) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    lock_release(self);
+    Py_RETURN_NONE;
+}
+
+/* ---- the rescue thread -----------------------------------------------------
+ * A plain pthread, real-time above the loop and the guardian, that never
+ * takes the GIL. While Python serves the robot it only wakes now and then to
+ * see that cycles are being written. If none has been written for r_after_ns
+ * and a state has then waited r_grace_ns unserved, it takes the cycle lock
+ * and serves that state itself: libfranka's readOnce, the law with the last
+ * targets and gains the loop used (impedance with zero target velocity, so a
+ * trajectory pauses rather than runs on), the same safety filter, writeOnce.
+ * It keeps serving each state that waits r_grace_ns unserved until a cycle
+ * written by someone else shows that Python is back. It never writes
+ * motion_finished; a libfranka error ends its serving and is raised by the
+ * next cycle Python runs. */
+
+enum { R_Q, R_DQ, R_EE, R_TAU_J, R_TAU_EXT, R_SUCCESS, R_TIME, R_TQ_TAU, R_TQ_FINISHED, R_COUNT };
+
+static void sleep_until_ns(long long t) {
+    struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+static int state_waiting(int fd, int timeout_ms) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    return poll(&pfd, 1, timeout_ms) > 0 && (pfd.revents & POLLIN);
+}
+
+/* One cycle on the C++ objects; the caller holds the cycle lock. 0, or -1
+ * after storing libfranka's error. */
+static int rescue_cycle(Kernel *self) {
+    int kind = afd_read(self->r_read, self->r_ctl, self->r_state, self->r_error, sizeof self->r_error);
+    if (kind) {
+        atomic_store(&self->r_error_kind, kind);
+        return -1;
+    }
+    const unsigned char *st = self->r_state;
+    const long *off = self->r_off;
+    memcpy(self->b[B_Q], st + off[R_Q], 7 * sizeof(double));
+    memcpy(self->b[B_DQ], st + off[R_DQ], 7 * sizeof(double));
+    memcpy(self->b[B_EE_RAW], st + off[R_EE], 16 * sizeof(double));
+    fill_pose(self);
+    double success;
+    uint64_t time_ms;
+    memcpy(&success, st + off[R_SUCCESS], sizeof success);
+    memcpy(&time_ms, st + off[R_TIME], sizeof time_ms);
+    const double *p = self->last_params;
+    if (self->last_mode == 0) {
+        static const double still[7] = {0};
+        law_impedance(self, p, still, p + 14, p + 21);
+    } else if (self->last_mode == 1) {
+        law_osc(self, p, p + 16, p + 22, p + 28, p + 35, p + 42);
+    } else {
+        memcpy(self->b[B_TAU_DES], p, 7 * sizeof(double));
+    }
+    apply_safety(self, self->last_scale);
+    memcpy(self->r_tq + off[R_TQ_TAU], self->b[B_TAU_CMD], 7 * sizeof(double));
+    self->r_tq[off[R_TQ_FINISHED]] = 0;
+    kind = afd_write(self->r_write, self->r_ctl, self->r_tq, self->r_error, sizeof self->r_error);
+    if (kind) {
+        atomic_store(&self->r_error_kind, kind);
+        return -1;
+    }
+    memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
+    note_written(self, (long long)time_ms, 0);
+    atomic_fetch_add(&self->rescued, 1);
+    if (self->has_pub) {
+        stage_common(self, (double)time_ms, success);
+        memcpy(self->stage + F_TAU_EXT, st + off[R_TAU_EXT], 7 * sizeof(double));
+        memcpy(self->stage + F_TAU_J, st + off[R_TAU_J], 7 * sizeof(double));
+        seqlock_store((double *)self->pub.buf, self->stage, F_LEN);
+    }
+    return 0;
+}
+
+static void *rescue_main(void *arg) {
+    Kernel *self = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to Python's main thread */
+    if (self->r_priority > 0) {
+        struct sched_param sp = {.sched_priority = self->r_priority};
+        pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp); /* best effort */
+    }
+    int active = 0;
+    long long mine = 0, episode_start = 0;
+    while (atomic_load(&self->r_run)) {
+        if (atomic_load(&self->finished) || atomic_load(&self->r_error_kind)) {
+            sleep_until_ns(now_ns() + 1000000);
+            continue;
+        }
+        long long last = atomic_load(&self->last_write_ns);
+        if (active && last != mine) { /* someone else wrote: Python is back */
+            active = 0;
+            long long took = now_ns() - episode_start;
+            if (took > atomic_load(&self->r_longest_ns)) atomic_store(&self->r_longest_ns, took);
+        }
+        if (!active) {
+            long long wake = last + self->r_after_ns, now = now_ns();
+            if (now < wake) {
+                sleep_until_ns(wake < now + 10000000 ? wake : now + 10000000);
+                continue;
+            }
+        }
+        if (!state_waiting(self->r_fd, 5)) continue;
+        sleep_until_ns(now_ns() + self->r_grace_ns);
+        if (!atomic_load(&self->r_run) || atomic_load(&self->last_write_ns) != last || !state_waiting(self->r_fd, 0))
+            continue; /* served meanwhile (or being served) */
+        if (!lock_try(self)) continue;
+        if (atomic_load(&self->last_write_ns) == last && !atomic_load(&self->finished) &&
+            !atomic_load(&self->r_error_kind) && state_waiting(self->r_fd, 0) && rescue_cycle(self) == 0) {
+            mine = atomic_load(&self->last_write_ns);
+            if (!active) {
+                active = 1;
+                episode_start = now_ns();
+                atomic_fetch_add(&self->r_episodes, 1);
+            }
+        }
+        lock_release(self);
+    }
+    return NULL;
+}
+
+static void rescue_join(Kernel *self) {
+    if (self->r_started) {
+        atomic_store(&self->r_run, 0);
+        pthread_join(self->r_thread, NULL);
+        self->r_started = 0;
+    }
+    Py_CLEAR(self->r_ctl_obj);
+    Py_CLEAR(self->r_tq_obj);
+    for (int i = 0; i < 3; i++) Py_CLEAR(self->r_exc[i]);
+    PyMem_Free(self->r_state);
+    self->r_state = NULL;
+}
+
+/* The C++ object a pybind11 instance holds (its simple-layout value pointer). */
+static void *cpp_value(PyObject *obj) {
+    if ((size_t)Py_TYPE(obj)->tp_basicsize < sizeof(PyObject) + sizeof(void *)) return NULL;
+    return *(void **)((char *)obj + sizeof(PyObject));
+}
+
+/* peek_value(obj, nbytes) -> bytes: up to nbytes of the C++ object behind a
+ * pybind11 instance, for measuring field offsets. Read through
+ * process_vm_readv, so memory past the object's end ends the copy instead
+ * of faulting. */
+static PyObject *k_peek_value(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "peek_value(obj, nbytes) takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n <= 0 || n > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "nbytes must be in 1..1048576");
+        return NULL;
+    }
+    void *src = cpp_value(args[0]);
+    if (!src) {
+        PyErr_SetString(PyExc_TypeError, "not a pybind11 instance with a value pointer");
+        return NULL;
+    }
+#ifdef __linux__
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (!out) return NULL;
+    Py_ssize_t got = 0;
+    while (got < n) { /* page by page: a read that crosses into unmapped memory stops there */
+        size_t chunk = 4096 - ((uintptr_t)((char *)src + got) & 4095);
+        if ((Py_ssize_t)chunk > n - got) chunk = (size_t)(n - got);
+        struct iovec local = {PyBytes_AS_STRING(out) + got, chunk}, remote = {(char *)src + got, chunk};
+        ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+        if (r <= 0) break;
+        got += r;
+    }
+    if (got < n && _PyBytes_Resize(&out, got) < 0) return NULL;
+    return out;
+#else
+    PyErr_SetString(PyExc_NotImplementedError, "peek_value is Linux-only");
+    return NULL;
+#endif
+}
+
+/* rescue_start(ctl, torques, fd, offsets, state_size, after_ns, grace_ns,
+ *              priority, exceptions)
+ *   ctl: pylibfranka's ActiveControlBase of the open torque session
+ *   torques: a pylibfranka Torques the thread writes its commands into
+ *   fd: libfranka's UDP state socket
+ *   offsets: byte offsets (q, dq, O_T_EE, tau_J, tau_ext_hat_filtered,
+ *            control_command_success_rate, time) in RobotState, then
+ *            (tau_J, motion_finished) in Torques
+ *   state_size: room for readOnce's (RobotState, Duration) result
+ *   exceptions: (ControlException, NetworkException, other) types to raise
+ * Checks the control object against libfranka and starts the thread; raises
+ * RuntimeError (the reason) if this libfranka cannot be driven directly. */
+static PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
+    PyObject *ctl, *tq, *offsets, *exc;
+    int fd, priority;
+    Py_ssize_t state_size;
+    long long after_ns, grace_ns;
+    if (!PyArg_ParseTuple(args, "OOiOnLLiO", &ctl, &tq, &fd, &offsets, &state_size, &after_ns, &grace_ns,
+                          &priority, &exc))
+        return NULL;
+    if (self->r_started) {
+        PyErr_SetString(PyExc_RuntimeError, "the rescue thread is already running");
+        return NULL;
+    }
+    if (!PyTuple_Check(offsets) || PyTuple_GET_SIZE(offsets) != R_COUNT || !PyTuple_Check(exc) ||
+        PyTuple_GET_SIZE(exc) != 3) {
+        PyErr_SetString(PyExc_TypeError, "offsets must be a tuple of 9 ints and exceptions a tuple of 3 types");
+        return NULL;
+    }
+    for (int i = 0; i < R_COUNT; i++) {
+        self->r_off[i] = PyLong_AsLong(PyTuple_GET_ITEM(offsets, i));
+        if (PyErr_Occurred()) return NULL;
+        long width = i == R_EE ? 128 : i == R_SUCCESS || i == R_TIME ? 8 : i == R_TQ_FINISHED ? 1 : 56;
+        long room = i >= R_TQ_TAU ? 1024 : (long)state_size;
+        if (self->r_off[i] < 0 || self->r_off[i] + width > room) {
+            PyErr_Format(PyExc_ValueError, "offset %d out of range", i);
+            return NULL;
+        }
+    }
+    if (state_size <= 0 || after_ns <= 0 || grace_ns <= 0) {
+        PyErr_SetString(PyExc_ValueError, "state_size, after_ns and grace_ns must be positive");
+        return NULL;
+    }
+    void *c = cpp_value(ctl), *t = cpp_value(tq), *rd = NULL, *wr = NULL;
+    char err[256];
+    if (!c || !t || afd_bind(c, &rd, &wr, err, sizeof err) < 0) {
+        PyErr_Format(PyExc_RuntimeError, "cannot drive libfranka directly: %s", c && t ? err : "not a pybind11 object");
+        return NULL;
+    }
+    /* Twice the measured size and a page more: the returned pair only adds a Duration. */
+    self->r_state = PyMem_Calloc(1, (size_t)state_size * 2 + 4096);
+    if (!self->r_state) return PyErr_NoMemory();
+    self->r_ctl = c;
+    self->r_tq = t;
+    self->r_read = rd;
+    self->r_write = wr;
+    self->r_fd = fd;
+    self->r_after_ns = after_ns;
+    self->r_grace_ns = grace_ns;
+    self->r_priority = priority;
+    Py_INCREF(ctl);
+    self->r_ctl_obj = ctl;
+    Py_INCREF(tq);
+    self->r_tq_obj = tq;
+    for (int i = 0; i < 3; i++) {
+        self->r_exc[i] = PyTuple_GET_ITEM(exc, i);
+        Py_INCREF(self->r_exc[i]);
+    }
+    atomic_store(&self->r_error_kind, 0);
+    atomic_store(&self->r_run, 1);
+    int rc = pthread_create(&self->r_thread, NULL, rescue_main, self);
+    if (rc != 0) {
+        rescue_join(self);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->r_started = 1;
+    Py_RETURN_NONE;
+}
+
+/* rescue_stop(): stop and join the rescue thread (GIL released meanwhile) and
+ * drop its references. Idempotent. */
+static PyObject *Kernel_rescue_stop(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->r_started) {
+        atomic_store(&self->r_run, 0);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(self->r_thread, NULL);
+        Py_END_ALLOW_THREADS
+        self->r_started = 0;
+    }
+    rescue_join(self);
+    Py_RETURN_NONE;
+}
+
+/* A libfranka error met by the rescue thread, raised as pylibfranka's own type. */
+static PyObject *rescue_raise(Kernel *self) {
+    int kind = atomic_load(&self->r_error_kind);
+    PyObject *type = kind >= 1 && kind <= 3 ? self->r_exc[kind - 1] : NULL;
+    PyErr_SetString(type ? type : PyExc_RuntimeError, self->r_error);
+    return NULL;
+}
+
+/* new_session(): before a session opens: clear the counters and flags. */
+static PyObject *Kernel_new_session(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    self->last_time_ms = -1;
+    self->lost = 0;
+    atomic_store(&self->finished, 0);
+    atomic_store(&self->last_write_ns, 0);
+    atomic_store(&self->rescued, 0);
+    atomic_store(&self->r_episodes, 0);
+    atomic_store(&self->r_longest_ns, 0);
+    atomic_store(&self->r_error_kind, 0);
+    self->last_mode = 2;
+    self->last_scale = 0.0;
+    memset(self->last_params, 0, sizeof self->last_params);
+    Py_RETURN_NONE;
+}
+
+/* counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescuing) */
+static PyObject *Kernel_counters(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(LLLLi)", self->lost, (long long)atomic_load(&self->rescued),
+                         (long long)atomic_load(&self->r_episodes), (long long)atomic_load(&self->r_longest_ns),
+                         self->r_started);
 }
 
 static PyMethodDef Kernel_methods[] = {
@@ -771,6 +1182,15 @@ static PyMethodDef Kernel_methods[] = {
     {"update_last", (PyCFunction)Kernel_update_last, METH_NOARGS, "update_last() -> command is zero"},
     {"publish_to", (PyCFunction)(void (*)(void))Kernel_publish_to, METH_FASTCALL,
      "publish_to(frame, mass_fn=None): write every cycle's state into a seqlocked frame (None: stop)"},
+    {"acquire", (PyCFunction)(void (*)(void))Kernel_acquire, METH_VARARGS | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool: take the cycle lock (as threading.Lock)"},
+    {"release", (PyCFunction)Kernel_release_lock, METH_NOARGS, "release the cycle lock"},
+    {"rescue_start", (PyCFunction)Kernel_rescue_start, METH_VARARGS,
+     "rescue_start(ctl, torques, fd, offsets, state_size, after_ns, grace_ns, priority, exceptions)"},
+    {"rescue_stop", (PyCFunction)Kernel_rescue_stop, METH_NOARGS, "stop and join the rescue thread"},
+    {"new_session", (PyCFunction)Kernel_new_session, METH_NOARGS, "clear the per-session counters"},
+    {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
+     "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -919,6 +1339,8 @@ static PyMethodDef module_methods[] = {
      "seqlock_write(frame, values): publish values[1:] under the sequence word frame[0]"},
     {"seqlock_read", (PyCFunction)(void (*)(void))k_seqlock_read, METH_FASTCALL,
      "seqlock_read(frame, out, timeout=1.0) -> even sequence number, or None if never consistent in time"},
+    {"peek_value", (PyCFunction)(void (*)(void))k_peek_value, METH_FASTCALL,
+     "peek_value(obj, nbytes) -> bytes of the C++ object behind a pybind11 instance"},
     {"flange_pose", (PyCFunction)Kernel_flange_pose, METH_O, "FR3 flange pose (16 values, column-major)"},
     {"jacobian_at", (PyCFunction)(void (*)(void))Kernel_jacobian_at, METH_FASTCALL,
      "FR3 zero Jacobian of a base-frame point (42 values, column-major)"},

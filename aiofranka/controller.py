@@ -180,6 +180,17 @@ class Controller:
       ``"silent"`` takes over without logging; ``"stop"`` takes over but, once
       a stall lasts ``stall_limit`` seconds (default 0.5), ramps the arm down
       and raises :class:`~aiofranka.EventLoopStallError` from the next await.
+    * ``rescue``: with ``wait="socket"``, run a rescue thread (default True):
+      a C thread, real-time above the loop and the guardian, that never needs
+      the GIL. When no cycle has been written for ``RESCUE_AFTER_NS`` and a
+      state then waits unserved, it serves cycles itself through libfranka
+      (the loop's law with its last targets and gains, zero target velocity,
+      the same safety filter) until a Python cycle shows the loop is back.
+      It covers what the guardian cannot: a thread that holds the GIL and is
+      descheduled, or C code that never releases it. It needs the layout of
+      libfranka's objects, measured at the first start
+      (:meth:`Robot.direct_layout`); where that fails, ``stats.rescue`` says
+      why and the loop runs without it.
     * ``gc_freeze``: call ``gc.freeze()`` when the loop starts (and
       ``gc.unfreeze()`` when it stops), so the garbage collector's periodic
       passes skip everything that existed before: on a process holding a large
@@ -211,6 +222,10 @@ class Controller:
     MARGIN_DECAY_NS = 1_000
     #: readOnce returning faster than this means the state was already waiting.
     EARLY_NS = 15_000
+    #: Rescue thread: how long without any cycle written before it steps in,
+    #: and how long a state must then wait unserved before it serves it (ns).
+    RESCUE_AFTER_NS = 2_000_000
+    RESCUE_GRACE_NS = 300_000
     #: Bounds of the learned state period (ns).
     PERIOD_MIN_NS = 900_000
     PERIOD_MAX_NS = 5_000_000
@@ -219,7 +234,8 @@ class Controller:
                  joint_limit_margin: float = 0.1, joint_limit_stiffness: float = 100.0,
                  joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 1e-4,
                  wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
-                 on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True) -> None:
+                 on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True,
+                 rescue: bool = True) -> None:
         if not isinstance(robot, Robot):
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
@@ -253,6 +269,10 @@ class Controller:
         if on_stall == "stop" and not guardian:
             raise ValueError("on_stall='stop' needs guardian=True: the guardian is what ramps the arm down")
         self._takeover = bool(guardian)
+        if not isinstance(rescue, bool):
+            raise TypeError(f"rescue must be True or False, got {rescue!r}")
+        self._rescue = rescue and wait == "socket"
+        self._rescue_state = "off" if not rescue else "on" if self._rescue else f"off: needs wait='socket', not {wait!r}"
         self._on_stall = on_stall
         self._stall_limit_ns = int(1e9 * validation.positive("stall_limit", stall_limit, upper=60.0))
 
@@ -301,9 +321,11 @@ class Controller:
         self._timerfd = -1
         self._session_done: asyncio.Future | None = None
         self._state_poll = None
-        # Ownership of the robot connection, cycle by cycle: the loop and the
-        # guardian each serve a cycle only while holding this lock.
-        self._cycle_lock = threading.Lock()
+        # Ownership of the robot connection, cycle by cycle: the loop, the
+        # guardian and the rescue thread each serve a cycle only while holding
+        # this lock. It is the kernel's, so the rescue thread can take it
+        # without the GIL; it has threading.Lock's acquire/release.
+        self._cycle_lock = self._kernel
         self._guardian_active = False
         self._loop_back = False
         self._session_finished = False
@@ -478,6 +500,7 @@ class Controller:
         self._buf.tau_last[:] = 0.0
         self._buf.tau_command[:] = 0.0
         self._reset_figures()
+        self._kernel.new_session()
         self._margin_ns = self.MARGIN_START_NS
         self._period_est_ns = 1_000_000
         self._epoch = self._claimed_epoch = 0
@@ -505,6 +528,8 @@ class Controller:
                 # libfranka's own reads on it must block.
                 os.set_blocking(robot.state_fd, True)
             self._start_guardian(loop)
+            if self._rescue and isinstance(robot.direct_layout(), str):
+                self._rescue_state = f"off: {robot.direct_layout()}"
             if robot.in_reflex():
                 robot.recover()
             self._ctl = robot.start_torque_control()
@@ -557,12 +582,42 @@ class Controller:
                                   stop_after_ns=self._stall_limit_ns if self._on_stall == "stop" else None)
         self._guardian.start()
 
+    def _start_rescue(self, ctl) -> None:
+        """Start the kernel's rescue thread for this session (see ``rescue``)."""
+        if not self._rescue:
+            return
+        robot = self._robot
+        layout = robot.direct_layout()
+        if isinstance(layout, str):
+            return
+        priority = 0
+        try:
+            if os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO:
+                priority = min(99, os.sched_getparam(0).sched_priority + 2)  # above the guardian
+        except (OSError, AttributeError):
+            pass
+        pf = robot._pf
+        errors = (pf.ControlException, pf.NetworkException, getattr(pf, "FrankaException", RuntimeError))
+        try:
+            self._kernel.rescue_start(ctl, robot.torques([0.0] * 7), robot.state_fd, layout[0], layout[1],
+                                      self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, priority, errors)
+        except (RuntimeError, OSError) as exc:
+            self._rescue_state = f"off: {exc}"
+        else:
+            self._rescue_state = "on"
+
+    def _state_ready(self) -> bool:
+        """Socket mode: whether a state is waiting (another server may have
+        taken it: the rescue thread). True where that cannot be told."""
+        poll = self._state_poll
+        return poll is None or bool(poll.poll(0))
+
     def _on_ready(self) -> None:
         """The state socket became readable (or the timer fired): serve one cycle.
 
         Runs as an event-loop callback. Level-triggered readiness can be
         reported again after a cycle already drained the socket, so the socket
-        is polled before reading.
+        is polled (under the cycle lock) before reading.
         """
         if self._guardian_active:
             # Running at all means the event loop is back: the guardian may
@@ -570,9 +625,7 @@ class Controller:
             self._loop_back = True
         if self._wait_mode == "timerfd":
             _kernel.timerfd_clear(self._timerfd)
-        elif not self._state_poll.poll(0):
-            return
-        self._serve()
+        self._serve(need_state=True)
 
     def _on_silence(self) -> None:
         """Socket mode: no state arrived long after one was due. Read anyway:
@@ -581,8 +634,11 @@ class Controller:
         _kernel.timerfd_clear(self._timerfd)
         self._serve()
 
-    def _serve(self) -> None:
-        """Serve one cycle from the event loop, unless the guardian has it."""
+    def _serve(self, need_state: bool = False) -> None:
+        """Serve one cycle from the event loop, unless the guardian has it.
+
+        ``need_state``: serve only if a state is waiting (socket mode).
+        """
         done = self._session_done
         if done is None or done.done() or self._session_finished:
             # After motion_finished no state comes, and a readOnce would wait
@@ -598,6 +654,9 @@ class Controller:
                 # would spin the event loop and starve the guardian of the GIL).
                 _kernel.timerfd_arm(self._timerfd, max(self._next_due_ns - self._margin_ns,
                                                        time.monotonic_ns() + 200_000))
+            return
+        if need_state and not self._state_ready():
+            lock.release()  # nothing to read (drained, or served by the rescue thread)
             return
         try:
             self._claimed_epoch = self._epoch
@@ -862,9 +921,10 @@ class Controller:
         wall = (time.monotonic_ns() - self._wall_start_ns) / 1e9 if self._wall_start_ns else 0.0
         robot_time = (self._buf.time_ms - self._robot_start_ms) / 1000.0 if self._robot_start_ms >= 0 else 0.0
         guardian = self._guardian or self._last_guardian
+        lost, rescued, rescues, longest_rescue_ns, _ = self._kernel.counters()
         return LoopStats(
-            cycles=self._cycles,
-            lost_cycles=self._lost,
+            cycles=self._cycles + rescued,
+            lost_cycles=lost,
             min_success_rate=self._min_success if self._cycles else float("nan"),
             compute=self._compute_ns.summary(),
             period=self._period_ns.summary(),
@@ -882,13 +942,15 @@ class Controller:
             takeovers=guardian.takeovers if guardian else 0,
             guardian_cycles=self._guardian_cycles,
             longest_takeover_ms=guardian.longest_takeover_ms if guardian else 0.0,
+            rescue=self._rescue_state,
+            rescues=rescues,
+            rescued_cycles=rescued,
+            longest_rescue_ms=longest_rescue_ns / 1e6,
         )
 
     def _reset_figures(self) -> None:
         self._cycles = 0
-        self._lost = 0
         self._min_success = 1.0
-        self._last_time_ms = -1
         self._last_read_ns = 0
         self._robot_start_ms = -1
         self._wall_start_ns = 0
@@ -908,6 +970,7 @@ class Controller:
         try:
             if self._cycle(ctl, initial=True):
                 return
+            self._start_rescue(ctl)
             first.set_result(None)
             done = self._loop.create_future()
             self._session_done = done
@@ -966,6 +1029,7 @@ class Controller:
             error = error.__cause__ or error.__context__
 
     def _finish(self, error: BaseException | None, first: asyncio.Future | None) -> None:
+        self._kernel.rescue_stop()  # before the session's C++ objects can go
         self._ctl = None
         self._session_done = None
         if error is not None and self._loop is not None:
@@ -1019,6 +1083,7 @@ class Controller:
         """
         if ctl is None or self._session_finished:
             return
+        self._kernel.rescue_stop()
         self._guard_running = False
         guardian = self._guardian
         if guardian is not None and threading.current_thread() is not guardian:
@@ -1087,9 +1152,6 @@ class Controller:
             self._anchor_t, self._anchor_ms = t_read, now
             self._base_t, self._base_ms = t_read, now
         else:
-            gap = now - self._last_time_ms - 1
-            if gap > 0:
-                self._lost += gap
             self._period_ns.push(t_read - self._last_read_ns)
             self._read_wait_ns.push(waited)
             # Learn when states arrive. ``t_read`` is never earlier than the
@@ -1118,7 +1180,6 @@ class Controller:
                 self._late_wakeups += 1
                 if self._margin_ns < self.MARGIN_MAX_NS:
                     self._margin_ns += self.MARGIN_GROW_NS
-        self._last_time_ms = now
         self._last_read_ns = t_read
         if success < self._min_success and self._cycles >= 100:
             self._min_success = success

@@ -247,10 +247,11 @@ class Guardian(threading.Thread):
         lock = c._cycle_lock
         if not lock.acquire(blocking=False):
             return None  # the loop is serving this very cycle
-        if c._claimed_epoch >= c._due[0] or c._session_finished:
+        if c._claimed_epoch >= c._due[0] or c._session_finished or not c._state_ready():
             # Claimed after all, or the session already ended (the loop wrote
-            # motion_finished and has not wound down yet): no state will come,
-            # and a readOnce would wait for one with the GIL held.
+            # motion_finished and has not wound down yet: no state will come),
+            # or the rescue thread took the state: a readOnce would wait for
+            # the next one with the GIL held.
             lock.release()
             return None
         c._loop_back = False
@@ -280,6 +281,13 @@ class Guardian(threading.Thread):
                     break
                 lock.acquire()
                 held = True
+                while not c._state_ready() and c._guard_running and not c._loop_back:
+                    # The rescue thread served that state: wait for the next.
+                    lock.release()
+                    held = False
+                    self._wait_for_state()
+                    lock.acquire()
+                    held = True
         finally:
             c._guardian_active = False
             if held:

@@ -163,6 +163,11 @@ class LoopStats:
       blocked past the stall threshold when a cycle was due, and by what.
     * ``takeovers``, ``guardian_cycles``, ``longest_takeover_ms``: times the
       guardian served cycles for a blocked loop, how many, and the longest run.
+    * ``rescue``: ``"on"`` while the rescue thread backs the loop, else
+      ``"off"`` or ``"off: <why>"``; ``rescues``, ``rescued_cycles``,
+      ``longest_rescue_ms``: times it served cycles while no Python thread
+      could (the GIL held elsewhere), how many (counted in ``cycles``), and
+      its longest run.
     """
 
     cycles: int
@@ -184,6 +189,10 @@ class LoopStats:
     takeovers: int = 0
     guardian_cycles: int = 0
     longest_takeover_ms: float = 0.0
+    rescue: str = "off"
+    rescues: int = 0
+    rescued_cycles: int = 0
+    longest_rescue_ms: float = 0.0
 
     @property
     def lost_fraction(self) -> float:
@@ -208,6 +217,8 @@ class LoopStats:
             ("event-loop stalls", f"{self.stalls} (longest {self.longest_stall_ms:.1f} ms)"),
             ("guardian takeovers", f"{self.takeovers} ({self.guardian_cycles} cycles served, "
                                    f"longest {self.longest_takeover_ms:.1f} ms)"),
+            ("rescue thread", f"{self.rescue}: {self.rescues} rescues ({self.rescued_cycles} cycles served, "
+                              f"longest {self.longest_rescue_ms:.1f} ms)"),
         ]
         rows += [("  culprit", f"{c.count}x, longest {c.longest_ms:.1f} ms: {c.culprit}") for c in self.culprits[:5]]
         width = max(len(name) for name, _ in rows)
