@@ -85,6 +85,8 @@ typedef struct {
     long long last_time_ms;
     long long lost;
     atomic_int finished; /* motion_finished was written: nothing more to serve */
+    atomic_int py_claim; /* a Python server wants the states: the rescue thread yields */
+    double last_success;
     /* The law's inputs as of the last cycle, for the rescue thread. */
     int last_mode;
     double last_scale;
@@ -717,6 +719,14 @@ static void note_written(Kernel *self, long long time_ms, int finished) {
     atomic_store(&self->last_write_ns, now_ns());
 }
 
+/* claim_next(): a Python thread (the guardian taking over, or the loop that
+ * found its state taken) wants to serve from now on: the rescue thread ends
+ * its run and steps in again only after RESCUE_AFTER without any cycle. */
+static PyObject *Kernel_claim_next(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    atomic_store(&self->py_claim, 1);
+    Py_RETURN_NONE;
+}
+
 static PyObject *rescue_raise(Kernel *self);
 
 /* cycle(ctl, Torques, mode, scale, finish_if_zero, *params)
@@ -815,6 +825,8 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     long long time_ms = llround(sec * 1000.0);
     note_written(self, time_ms, finished);
+    self->last_success = success;
+    atomic_store(&self->py_claim, 0);
     if (self->has_pub && publish(self, state, (double)time_ms, success) < 0) goto fail_state;
     int flags = (finite ? 0 : 1) | (finished ? 2 : 0);
     return Py_BuildValue("(NLdLLLi)", state, time_ms, success, t_call, t_read, t_write, flags);
@@ -926,6 +938,7 @@ static int rescue_cycle(Kernel *self) {
     }
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     note_written(self, (long long)time_ms, 0);
+    self->last_success = success;
     atomic_fetch_add(&self->rescued, 1);
     if (self->has_pub) {
         stage_common(self, (double)time_ms, success);
@@ -953,7 +966,7 @@ static void *rescue_main(void *arg) {
             continue;
         }
         long long last = atomic_load(&self->last_write_ns);
-        if (active && last != mine) { /* someone else wrote: Python is back */
+        if (active && (last != mine || atomic_load(&self->py_claim))) { /* Python is back (or coming) */
             active = 0;
             long long took = now_ns() - episode_start;
             if (took > atomic_load(&self->r_longest_ns)) atomic_store(&self->r_longest_ns, took);
@@ -974,6 +987,8 @@ static void *rescue_main(void *arg) {
             !atomic_load(&self->r_error_kind) && state_waiting(self->r_fd, 0) && rescue_cycle(self) == 0) {
             mine = atomic_load(&self->last_write_ns);
             if (!active) {
+                /* Whoever claimed the states has not written for RESCUE_AFTER: void the claim. */
+                atomic_store(&self->py_claim, 0);
                 active = 1;
                 episode_start = now_ns();
                 atomic_fetch_add(&self->r_episodes, 1);
@@ -1155,6 +1170,8 @@ static PyObject *Kernel_new_session(Kernel *self, PyObject *Py_UNUSED(ignored)) 
     atomic_store(&self->r_episodes, 0);
     atomic_store(&self->r_longest_ns, 0);
     atomic_store(&self->r_error_kind, 0);
+    atomic_store(&self->py_claim, 0);
+    self->last_success = 0.0;
     self->last_mode = 2;
     self->last_scale = 0.0;
     memset(self->last_params, 0, sizeof self->last_params);
@@ -1189,6 +1206,7 @@ static PyMethodDef Kernel_methods[] = {
      "rescue_start(ctl, torques, fd, offsets, state_size, after_ns, grace_ns, priority, exceptions)"},
     {"rescue_stop", (PyCFunction)Kernel_rescue_stop, METH_NOARGS, "stop and join the rescue thread"},
     {"new_session", (PyCFunction)Kernel_new_session, METH_NOARGS, "clear the per-session counters"},
+    {"claim_next", (PyCFunction)Kernel_claim_next, METH_NOARGS, "a Python thread serves from now on: the rescue thread yields"},
     {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
      "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running)"},
     {NULL, NULL, 0, NULL},
@@ -1200,6 +1218,10 @@ static PyMemberDef Kernel_members[] = {
     {"damping", T_DOUBLE, offsetof(Kernel, damping), 0, "guard damping (N m s/rad)"},
     {"max_translation", T_DOUBLE, offsetof(Kernel, max_translation), 0, "OSC error cap (m)"},
     {"max_rotation", T_DOUBLE, offsetof(Kernel, max_rotation), 0, "OSC error cap (rad)"},
+    {"time_ms", T_LONGLONG, offsetof(Kernel, last_time_ms), READONLY,
+     "robot time (ms) of the last cycle written, by whoever wrote it (-1 before any)"},
+    {"success_rate", T_DOUBLE, offsetof(Kernel, last_success), READONLY,
+     "control_command_success_rate of the last cycle written"},
     {NULL, 0, 0, 0, NULL},
 };
 

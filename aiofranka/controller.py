@@ -18,6 +18,7 @@ thread, which serves cycles while the event loop is blocked (see
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import math
 import os
@@ -180,7 +181,8 @@ class Controller:
       ``"silent"`` takes over without logging; ``"stop"`` takes over but, once
       a stall lasts ``stall_limit`` seconds (default 0.5), ramps the arm down
       and raises :class:`~aiofranka.EventLoopStallError` from the next await.
-    * ``rescue``: with ``wait="socket"``, run a rescue thread (default True):
+    * ``rescue``: with ``wait="socket"``, run a rescue thread (default: as
+      ``guardian``, so ``guardian=False`` leaves a stall uncovered):
       a C thread, real-time above the loop and the guardian, that never needs
       the GIL. When no cycle has been written for ``RESCUE_AFTER_NS`` and a
       state then waits unserved, it serves cycles itself through libfranka
@@ -235,7 +237,7 @@ class Controller:
                  joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 1e-4,
                  wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
                  on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True,
-                 rescue: bool = True) -> None:
+                 rescue: bool | None = None) -> None:
         if not isinstance(robot, Robot):
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
@@ -269,8 +271,10 @@ class Controller:
         if on_stall == "stop" and not guardian:
             raise ValueError("on_stall='stop' needs guardian=True: the guardian is what ramps the arm down")
         self._takeover = bool(guardian)
+        if rescue is None:
+            rescue = self._takeover
         if not isinstance(rescue, bool):
-            raise TypeError(f"rescue must be True or False, got {rescue!r}")
+            raise TypeError(f"rescue must be True, False or None, got {rescue!r}")
         self._rescue = rescue and wait == "socket"
         self._rescue_state = "off" if not rescue else "on" if self._rescue else f"off: needs wait='socket', not {wait!r}"
         self._on_stall = on_stall
@@ -657,6 +661,8 @@ class Controller:
             return
         if need_state and not self._state_ready():
             lock.release()  # nothing to read (drained, or served by the rescue thread)
+            if self._kernel.time_ms > self._buf.time_ms:
+                self._kernel.claim_next()  # the rescue thread served it: we are back
             return
         try:
             self._claimed_epoch = self._epoch
@@ -913,7 +919,16 @@ class Controller:
         """A consistent snapshot of the latest state (copies; safe to keep)."""
         if not self.running:
             return self._robot.read()
-        return self._buf.snapshot(self._robot.model)
+        kernel = self._kernel
+        if not kernel.acquire(timeout=0.005):  # a rescue cycle writes the arrays without the GIL
+            raise ControllerStateError("the state was not free to read within 5 ms")
+        try:
+            snapshot = self._buf.snapshot(self._robot.model)
+            if kernel.time_ms > snapshot.time_ms:  # served by the rescue thread since the last Python cycle
+                snapshot = dataclasses.replace(snapshot, time_ms=kernel.time_ms, success_rate=kernel.success_rate)
+            return snapshot
+        finally:
+            kernel.release()
 
     @property
     def stats(self) -> LoopStats:

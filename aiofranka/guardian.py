@@ -245,15 +245,21 @@ class Guardian(threading.Thread):
         """
         c = self._controller
         lock = c._cycle_lock
-        if not lock.acquire(blocking=False):
+        c._kernel.claim_next()  # the rescue thread, if serving, leaves the states to us
+        if not lock.acquire(timeout=0.002):
             return None  # the loop is serving this very cycle
-        if c._claimed_epoch >= c._due[0] or c._session_finished or not c._state_ready():
-            # Claimed after all, or the session already ended (the loop wrote
-            # motion_finished and has not wound down yet: no state will come),
-            # or the rescue thread took the state: a readOnce would wait for
-            # the next one with the GIL held.
-            lock.release()
-            return None
+        while True:
+            if c._claimed_epoch >= c._due[0] or c._session_finished or not c._guard_running:
+                # Claimed after all, or the session already ended (the loop
+                # wrote motion_finished and has not wound down yet): no state
+                # will come, and a readOnce would wait for one with the GIL held.
+                lock.release()
+                return None
+            if c._state_ready():
+                break
+            lock.release()  # the rescue thread took that state: wait for the next
+            self._wait_for_state()
+            lock.acquire()
         c._loop_back = False
         c._guardian_active = True
         self.takeovers += 1
