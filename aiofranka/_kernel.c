@@ -76,8 +76,7 @@ typedef struct {
     PyObject *mass_fn;
     double stage[F_LEN];
     double published;
-    /* Who serves a cycle: the loop, the guardian and the rescue thread take
-     * this lock (acquire/release, like threading.Lock) around a cycle. */
+    /* Held around each cycle written (see "the cycle lock"). */
     atomic_int lock_word;
     /* Every cycle written, whoever wrote it: when (CLOCK_MONOTONIC ns), the
      * robot time (ms, -1 before the first), and the states lost in between. */
@@ -86,6 +85,8 @@ typedef struct {
     long long lost;
     atomic_int finished; /* motion_finished was written: nothing more to serve */
     atomic_int py_claim; /* a Python server wants the states: the rescue thread yields */
+    atomic_int rescued_last; /* the last cycle written was the rescue thread's */
+    atomic_ullong seq; /* odd while the rescue thread writes the state arrays */
     double last_success;
     /* The law's inputs as of the last cycle, for the rescue thread. */
     int last_mode;
@@ -728,6 +729,9 @@ static PyObject *Kernel_claim_next(Kernel *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *rescue_raise(Kernel *self);
+static int lock_try(Kernel *self);
+static void lock_release(Kernel *self);
+static int state_waiting(int fd, int timeout_ms);
 
 /* cycle(ctl, Torques, mode, scale, finish_if_zero, *params)
  *   mode 0: params = (q_desired, dq_desired, kp, kd)
@@ -771,9 +775,19 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
         self->last_scale = scale;
     }
 
+    /* The cycle lock is held only inside this call, where no other Python
+     * thread can run: a thread holding it while it waits for the GIL would
+     * lock the rescue thread out. A rescue cycle holds it for microseconds. */
+    while (!lock_try(self)) sched_yield();
+    if (atomic_load(&self->rescued_last) && self->r_fd >= 0 && !state_waiting(self->r_fd, 0)) {
+        /* The rescue thread served the state that woke us: nothing to read. */
+        lock_release(self);
+        for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
+        Py_RETURN_NONE;
+    }
     long long t_call = now_ns();
     PyObject *pair = PyObject_CallMethodNoArgs(ctl, s_readOnce);
-    if (!pair) goto fail_buffers;
+    if (!pair) goto fail_locked;
     long long t_read = now_ns();
     PyObject *state = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) > 0 ? PyTuple_GET_ITEM(pair, 0) : pair;
     Py_INCREF(state);
@@ -826,22 +840,27 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
     long long time_ms = llround(sec * 1000.0);
     note_written(self, time_ms, finished);
     self->last_success = success;
+    atomic_store(&self->rescued_last, 0);
     atomic_store(&self->py_claim, 0);
     if (self->has_pub && publish(self, state, (double)time_ms, success) < 0) goto fail_state;
+    lock_release(self);
     int flags = (finite ? 0 : 1) | (finished ? 2 : 0);
     return Py_BuildValue("(NLdLLLi)", state, time_ms, success, t_call, t_read, t_write, flags);
 
 fail_state:
     Py_DECREF(state);
+fail_locked:
+    lock_release(self);
 fail_buffers:
     for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
     return NULL;
 }
 
-/* ---- the cycle lock --------------------------------------------------------
- * A lock the rescue thread can take without the GIL. acquire(blocking=True,
- * timeout=-1) and release() behave like threading.Lock's; a blocking acquire
- * waits with the GIL released. */
+/* ---- the cycle lock ------------------------------------------------------
+ * Taken by Kernel.cycle for the duration of the call (where no other Python
+ * thread can run) and by the rescue thread around its cycle; never held while
+ * waiting for the GIL. (The loop and the guardian also share a Python lock
+ * around their bookkeeping; the rescue thread never takes that one.) */
 
 static int lock_try(Kernel *self) {
     int expected = 0;
@@ -849,31 +868,6 @@ static int lock_try(Kernel *self) {
 }
 
 static void lock_release(Kernel *self) { atomic_store(&self->lock_word, 0); }
-
-static PyObject *Kernel_acquire(Kernel *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"blocking", "timeout", NULL};
-    int blocking = 1;
-    double timeout = -1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pd", kwlist, &blocking, &timeout)) return NULL;
-    if (lock_try(self)) Py_RETURN_TRUE;
-    if (!blocking) Py_RETURN_FALSE;
-    long long deadline = timeout < 0.0 ? LLONG_MAX : now_ns() + (long long)(timeout * 1e9);
-    int got = 0;
-    Py_BEGIN_ALLOW_THREADS
-    struct timespec pause = {0, 20000};
-    while (!(got = lock_try(self)) && now_ns() < deadline) nanosleep(&pause, NULL);
-    Py_END_ALLOW_THREADS
-    return PyBool_FromLong(got);
-}
-
-static PyObject *Kernel_release_lock(Kernel *self, PyObject *Py_UNUSED(ignored)) {
-    if (!atomic_load(&self->lock_word)) {
-        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
-        return NULL;
-    }
-    lock_release(self);
-    Py_RETURN_NONE;
-}
 
 /* ---- the rescue thread -----------------------------------------------------
  * A plain pthread, real-time above the loop and the guardian, that never
@@ -909,8 +903,10 @@ static int rescue_cycle(Kernel *self) {
         atomic_store(&self->r_error_kind, kind);
         return -1;
     }
+    /* seq goes odd below, even again once the arrays are whole */
     const unsigned char *st = self->r_state;
     const long *off = self->r_off;
+    atomic_fetch_add(&self->seq, 1);
     memcpy(self->b[B_Q], st + off[R_Q], 7 * sizeof(double));
     memcpy(self->b[B_DQ], st + off[R_DQ], 7 * sizeof(double));
     memcpy(self->b[B_EE_RAW], st + off[R_EE], 16 * sizeof(double));
@@ -933,12 +929,15 @@ static int rescue_cycle(Kernel *self) {
     self->r_tq[off[R_TQ_FINISHED]] = 0;
     kind = afd_write(self->r_write, self->r_ctl, self->r_tq, self->r_error, sizeof self->r_error);
     if (kind) {
+        atomic_fetch_add(&self->seq, 1);
         atomic_store(&self->r_error_kind, kind);
         return -1;
     }
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     note_written(self, (long long)time_ms, 0);
     self->last_success = success;
+    atomic_store(&self->rescued_last, 1);
+    atomic_fetch_add(&self->seq, 1);
     atomic_fetch_add(&self->rescued, 1);
     if (self->has_pub) {
         stage_common(self, (double)time_ms, success);
@@ -1010,6 +1009,7 @@ static void rescue_join(Kernel *self) {
     for (int i = 0; i < 3; i++) Py_CLEAR(self->r_exc[i]);
     PyMem_Free(self->r_state);
     self->r_state = NULL;
+    self->r_fd = -1;
 }
 
 /* The C++ object a pybind11 instance holds (its simple-layout value pointer). */
@@ -1171,11 +1171,17 @@ static PyObject *Kernel_new_session(Kernel *self, PyObject *Py_UNUSED(ignored)) 
     atomic_store(&self->r_longest_ns, 0);
     atomic_store(&self->r_error_kind, 0);
     atomic_store(&self->py_claim, 0);
+    atomic_store(&self->rescued_last, 0);
     self->last_success = 0.0;
     self->last_mode = 2;
     self->last_scale = 0.0;
     memset(self->last_params, 0, sizeof self->last_params);
     Py_RETURN_NONE;
+}
+
+/* seq() -> the rescue thread's write sequence (odd while it writes the arrays). */
+static PyObject *Kernel_seq(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromUnsignedLongLong(atomic_load(&self->seq));
 }
 
 /* counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescuing) */
@@ -1199,13 +1205,11 @@ static PyMethodDef Kernel_methods[] = {
     {"update_last", (PyCFunction)Kernel_update_last, METH_NOARGS, "update_last() -> command is zero"},
     {"publish_to", (PyCFunction)(void (*)(void))Kernel_publish_to, METH_FASTCALL,
      "publish_to(frame, mass_fn=None): write every cycle's state into a seqlocked frame (None: stop)"},
-    {"acquire", (PyCFunction)(void (*)(void))Kernel_acquire, METH_VARARGS | METH_KEYWORDS,
-     "acquire(blocking=True, timeout=-1) -> bool: take the cycle lock (as threading.Lock)"},
-    {"release", (PyCFunction)Kernel_release_lock, METH_NOARGS, "release the cycle lock"},
     {"rescue_start", (PyCFunction)Kernel_rescue_start, METH_VARARGS,
      "rescue_start(ctl, torques, fd, offsets, state_size, after_ns, grace_ns, priority, exceptions)"},
     {"rescue_stop", (PyCFunction)Kernel_rescue_stop, METH_NOARGS, "stop and join the rescue thread"},
     {"new_session", (PyCFunction)Kernel_new_session, METH_NOARGS, "clear the per-session counters"},
+    {"seq", (PyCFunction)Kernel_seq, METH_NOARGS, "the rescue thread's write sequence (odd while writing)"},
     {"claim_next", (PyCFunction)Kernel_claim_next, METH_NOARGS, "a Python thread serves from now on: the rescue thread yields"},
     {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
      "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running)"},

@@ -325,11 +325,11 @@ class Controller:
         self._timerfd = -1
         self._session_done: asyncio.Future | None = None
         self._state_poll = None
-        # Ownership of the robot connection, cycle by cycle: the loop, the
-        # guardian and the rescue thread each serve a cycle only while holding
-        # this lock. It is the kernel's, so the rescue thread can take it
-        # without the GIL; it has threading.Lock's acquire/release.
-        self._cycle_lock = self._kernel
+        # Ownership of the robot connection, cycle by cycle: the loop and the
+        # guardian each serve a cycle only while holding this lock. (The
+        # rescue thread, which has no GIL, is kept apart by a lock the kernel
+        # takes only inside Kernel.cycle.)
+        self._cycle_lock = threading.Lock()
         self._guardian_active = False
         self._loop_back = False
         self._session_finished = False
@@ -661,8 +661,6 @@ class Controller:
             return
         if need_state and not self._state_ready():
             lock.release()  # nothing to read (drained, or served by the rescue thread)
-            if self._kernel.time_ms > self._buf.time_ms:
-                self._kernel.claim_next()  # the rescue thread served it: we are back
             return
         try:
             self._claimed_epoch = self._epoch
@@ -920,15 +918,15 @@ class Controller:
         if not self.running:
             return self._robot.read()
         kernel = self._kernel
-        if not kernel.acquire(timeout=0.005):  # a rescue cycle writes the arrays without the GIL
-            raise ControllerStateError("the state was not free to read within 5 ms")
-        try:
+        while True:  # a rescue cycle writes the arrays without the GIL: copy between its writes
+            seq = kernel.seq()
             snapshot = self._buf.snapshot(self._robot.model)
-            if kernel.time_ms > snapshot.time_ms:  # served by the rescue thread since the last Python cycle
-                snapshot = dataclasses.replace(snapshot, time_ms=kernel.time_ms, success_rate=kernel.success_rate)
-            return snapshot
-        finally:
-            kernel.release()
+            if not seq & 1 and kernel.seq() == seq:
+                break
+            time.sleep(0)
+        if kernel.time_ms > snapshot.time_ms:  # served by the rescue thread since the last Python cycle
+            snapshot = dataclasses.replace(snapshot, time_ms=kernel.time_ms, success_rate=kernel.success_rate)
+        return snapshot
 
     @property
     def stats(self) -> LoopStats:
@@ -1154,8 +1152,13 @@ class Controller:
             params, scale = self._zero_params, 0.0
         if params is self._zero_params:
             mode = _TORQUE
-        state, now, success, t_call, t_read, t_write, flags = self._kernel.cycle(
-            ctl, self._torques_type, mode, scale, finishing, *params)
+        served = self._kernel.cycle(ctl, self._torques_type, mode, scale, finishing, *params)
+        if served is None:
+            # The rescue thread served the state that woke us; we are back,
+            # so it leaves the next ones to us.
+            self._kernel.claim_next()
+            return False
+        state, now, success, t_call, t_read, t_write, flags = served
         buf = self._buf
         buf.raw = state
         buf.time_ms = now

@@ -1,0 +1,151 @@
+"""The rescue thread serves the robot while another thread holds the GIL (simulator, contract enforced).
+
+The culprit here is a C call that never releases the GIL: a regular
+expression that backtracks for a few hundred milliseconds. While it runs no
+Python thread can run, so neither the event loop nor the guardian can serve
+the robot; only the rescue thread, which calls libfranka from C, can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import aiofranka
+from aiofranka import Controller, _kernel, limits
+
+pytestmark = pytest.mark.sim
+
+_BACKTRACK = re.compile(r"(a+)+$")
+
+
+def hold_gil_for(seconds: float) -> float:
+    """Run one C call that keeps the GIL for about ``seconds``; returns how long it took."""
+    n = 16
+    while True:  # backtracking doubles with each extra character
+        start = time.perf_counter()
+        _BACKTRACK.match("a" * n + "b")
+        took = time.perf_counter() - start
+        if took >= seconds / 2 or n >= 30:
+            break
+        n += 1
+    start = time.perf_counter()
+    _BACKTRACK.match("a" * (n + 1) + "b")
+    return time.perf_counter() - start
+
+
+def test_the_measured_layout_matches_what_pylibfranka_reads(robot):
+    layout = robot.direct_layout()
+    assert not isinstance(layout, str), layout
+    (q, dq, ee, tau_j, tau_ext, success, time_at, torque_at, finished_at), size = layout
+    assert size == time_at + 8
+    state = robot.raw.read_once()
+    memory = _kernel.peek_value(state, size)
+    doubles = lambda at, n: np.frombuffer(memory[at:at + 8 * n], dtype=np.float64)  # noqa: E731
+    assert np.array_equal(doubles(q, 7), state.q)
+    assert np.array_equal(doubles(dq, 7), state.dq)
+    assert np.array_equal(doubles(ee, 16), state.O_T_EE)
+    assert np.array_equal(doubles(tau_j, 7), state.tau_J)
+    assert np.array_equal(doubles(tau_ext, 7), state.tau_ext_hat_filtered)
+    assert doubles(success, 1)[0] == state.control_command_success_rate
+    assert np.frombuffer(memory[time_at:time_at + 8], dtype=np.uint64)[0] == round(state.time.to_sec() * 1000)
+    command = robot.torques([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    command.motion_finished = True
+    raw = _kernel.peek_value(command, torque_at + 56)
+    assert np.array_equal(np.frombuffer(raw[torque_at:torque_at + 56], dtype=np.float64), np.arange(1.0, 8.0))
+    assert raw[finished_at] == 1
+
+
+async def _hold_gil_beside(controller: Controller, seconds: float, burst: float = 0.25) -> tuple[int, float]:
+    """Hold the GIL in bursts of ``burst`` s (a thread, C calls) for ``seconds``; returns (bursts, longest)."""
+    done = threading.Event()
+    took = []
+
+    def hog() -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            took.append(hold_gil_for(burst))
+            time.sleep(0.01)
+        done.set()
+
+    thread = threading.Thread(target=hog, daemon=True)
+    thread.start()
+    while not done.is_set():
+        await asyncio.sleep(0.05)
+    thread.join()
+    return len(took), max(took)
+
+
+async def test_a_thread_holding_the_gil_for_hundreds_of_ms_is_covered(robot):
+    async with Controller(robot) as controller:
+        await controller.move(limits.Q_HOME, speed=0.6)
+        before = controller.state.q
+        bursts, longest = await _hold_gil_beside(controller, 3.0)
+        await controller.wait(0.2)
+        stats = controller.stats
+        story = (f"{bursts} bursts, longest {longest * 1e3:.0f} ms; {stats.cycles} cycles, {stats.lost_cycles} "
+                 f"lost, {stats.rescues} rescues, {stats.rescued_cycles} rescued, longest "
+                 f"{stats.longest_rescue_ms:.0f} ms")
+        print("\n" + story)
+        assert controller.running, story
+        assert stats.rescue == "on"
+        assert longest > 0.1, story  # the GIL really was held past the reflex's 20 ms
+        assert stats.rescues >= 1 and stats.rescued_cycles >= 500, story
+        # Each rescue starts RESCUE_AFTER (2 ms) after the last cycle: a few
+        # states per burst; a broken rescue loses hundreds or reflexes.
+        assert stats.lost_cycles <= 10 * bursts + 20, story
+        assert np.max(np.abs(controller.state.q - before)) < 0.02, story
+
+
+async def test_without_the_rescue_thread_the_same_load_ends_in_a_reflex(robot):
+    controller = Controller(robot, rescue=False)
+    await controller.start()
+    try:
+        assert controller.stats.rescue == "off"
+        await _hold_gil_beside(controller, 0.5)
+        with pytest.raises(aiofranka.ReflexError) as info:
+            await controller.wait(0.2)
+        assert "communication_constraints_violation" in str(info.value)
+    finally:
+        try:
+            await controller.stop()
+        except aiofranka.ReflexError:
+            pass
+
+
+async def test_a_reflex_met_by_the_rescue_thread_is_raised_from_the_next_await(robot):
+    """The whole process is stopped (SIGSTOP) for 150 ms while the GIL is held:
+    the simulator aborts the motion, and the rescue thread is the one that
+    reads the reflex. It comes back as the usual ReflexError."""
+    controller = Controller(robot)
+    await controller.start()
+    try:
+        await controller.wait(0.1)
+        pid = os.getpid()
+        stopper = subprocess.Popen(["sh", "-c", f"sleep 0.1; kill -STOP {pid}; sleep 0.15; kill -CONT {pid}"])
+        try:
+            hold_gil_for(0.6)  # on this thread: the event loop itself holds the GIL throughout
+        finally:
+            stopper.wait(5)
+        rescued = controller.stats.rescued_cycles
+        with pytest.raises(aiofranka.ReflexError) as info:
+            await controller.wait(0.5)
+        assert "communication_constraints_violation" in str(info.value)
+        assert rescued >= 10, f"{rescued} cycles rescued before the stop"
+        assert not controller.running
+    finally:
+        try:
+            await controller.stop()
+        except aiofranka.ReflexError:
+            pass
+    # A new session starts cleanly after it.
+    async with Controller(robot) as controller:
+        await controller.wait(0.1)
+        assert controller.stats.lost_cycles <= 25
