@@ -272,9 +272,10 @@ def print_policies(rows: list[PolicyRow], duration: float) -> None:
     print(f"2. Loop figures while a policy runs at {POLICY_HZ:.0f} Hz on the simulator "
           f"({duration:g} s of robot time each; inline guardian off: up to {min(duration, 5.0):g} s)")
     print("   compute = readOnce return -> writeOnce call (µs); sim/s = simulator states per wall second;")
-    print("   min SR = lowest control_command_success_rate; takeovers = guardian takeovers of a blocked loop")
+    print("   min SR = lowest control_command_success_rate; takeovers = guardian takeovers of a blocked loop;")
+    print("   rescued = cycles the rescue thread served while no Python thread could (the GIL held elsewhere)")
     print(f"   {'helper':<21} {'policy':<28} {'calls':>6} {'cycles':>7} {'lost':>6} {'min SR':>7} "
-          f"{'cp99 µs':>8} {'sim/s':>6} {'stalls':>7} {'takeovers':>9}  result")
+          f"{'cp99 µs':>8} {'sim/s':>6} {'stalls':>7} {'takeovers':>9} {'rescued':>8}  result")
     for r in rows:
         s = r.stats
         result = describe_error(r.error, s)
@@ -286,7 +287,7 @@ def print_policies(rows: list[PolicyRow], duration: float) -> None:
         min_sr = f"{s.min_success_rate:.3f}" if s.cycles > 100 else "-"  # tracked after 100 cycles
         print(f"   {r.name:<21} {r.policy:<28} {r.calls:>6} {s.cycles:>7} {s.lost_cycles:>6} "
               f"{min_sr:>7} {s.compute.p99_us:>8.1f} {sim_rate(s):>6.0f} {s.stalls:>7} "
-              f"{s.takeovers:>9}  {result}")
+              f"{s.takeovers:>9} {s.rescued_cycles:>8}  {result}")
         if r.note:
             print(f"   {'':<21} note: {r.note}")
 
@@ -294,14 +295,15 @@ def print_policies(rows: list[PolicyRow], duration: float) -> None:
 # --------------------------------------------------------------------------- 3. worker-thread share
 
 
-async def thread_share(robot, wait: str, switch_interval: float, solo: float, duration: float) -> dict:
+async def thread_share(robot, wait: str, switch_interval: float, solo: float, duration: float,
+                       rescue: bool = True) -> dict:
     from aiofranka import Controller
     from aiofranka.threads import reset_thread_scheduling
     from loop import spin_rate, stop_collecting
 
-    label = f"wait={wait}, switch interval {switch_interval * 1e3:g} ms"
+    label = f"wait={wait}, switch interval {switch_interval * 1e3:g} ms" + ("" if rescue else ", rescue off")
     progress(f"3/5 worker thread beside the loop, {label} ({duration:g} s)...")
-    controller = Controller(robot, wait=wait, switch_interval=switch_interval)
+    controller = Controller(robot, wait=wait, switch_interval=switch_interval, rescue=rescue)
     result: list[float] = []
     stop = threading.Event()
 
@@ -327,7 +329,7 @@ async def thread_share(robot, wait: str, switch_interval: float, solo: float, du
         await controller.close()
     rate = result[0] if result else float("nan")
     return {"label": label, "wait": stats.wait, "si": switch_interval, "rate": rate, "share": 100.0 * rate / solo,
-            "stats": stats, "error": error}
+            "stats": stats, "error": error, "rescue": rescue}
 
 
 def default_switch_interval() -> float:
@@ -341,20 +343,20 @@ def default_switch_interval() -> float:
 def share_kind(row: dict) -> str:
     if row["wait"] == "yield":
         return "naive"
-    return "default" if row["si"] == default_switch_interval() else "for comparison"
+    return "default" if row["si"] == default_switch_interval() and row.get("rescue", True) else "for comparison"
 
 
 def print_shares(solo: float, rows: list[dict]) -> None:
     print()
     print("3. Worker-thread throughput share: a pure-Python counting thread beside the Controller holding a pose")
     print(f"   solo rate (simulator running idle, no controller): {solo / 1e6:.2f} M iterations/s")
-    print(f"   {'loop':<44} {'thread M it/s':>13} {'% of solo':>10} {'cycles':>7} {'lost':>6} "
+    print(f"   {'loop':<56} {'thread M it/s':>13} {'% of solo':>10} {'cycles':>7} {'lost':>6} {'rescued':>8} "
           f"{'readOnce wait p50 µs':>21} {'sim/s':>6}  result")
     for r in rows:
         s = r["stats"]
         name = r["label"] + f" ({share_kind(r)})"
-        print(f"   {name:<44} {r['rate'] / 1e6:>13.2f} {r['share']:>9.1f}% {s.cycles:>7} {s.lost_cycles:>6} "
-              f"{s.read_wait.p50_us:>21.0f} {sim_rate(s):>6.0f}  {describe_error(r['error'], s)}")
+        print(f"   {name:<56} {r['rate'] / 1e6:>13.2f} {r['share']:>9.1f}% {s.cycles:>7} {s.lost_cycles:>6} "
+              f"{s.rescued_cycles:>8} {s.read_wait.p50_us:>21.0f} {sim_rate(s):>6.0f}  {describe_error(r['error'], s)}")
 
 
 # --------------------------------------------------------------------------- 4. MLP inflation
@@ -615,7 +617,7 @@ def print_summary(threads, processes, policies, shares, mlp, legacy, floors) -> 
             continue
         ok = r.error is None and r.stats.lost_cycles == 0
         print(f"* {r.name}, {r.policy}: {r.calls} calls, {r.stats.lost_cycles} lost cycles, "
-              f"{r.stats.takeovers} takeovers, {describe_error(r.error, r.stats)}"
+              f"{r.stats.takeovers} takeovers, {r.stats.rescued_cycles} rescued, {describe_error(r.error, r.stats)}"
               f"{'' if ok else f'  <- target: 0 lost, no error (baseline row: {base} lost)'}")
     for r in policies:
         if r.name == "inline, guardian off":
@@ -631,7 +633,7 @@ def print_summary(threads, processes, policies, shares, mlp, legacy, floors) -> 
             "  (target >= 50 % with 0 lost: " + ("met)" if r["share"] >= 50.0 and r["stats"].lost_cycles == 0
                                                  else "NOT met)"))
         print(f"* worker thread beside the loop, {r['label']} ({kind}): {r['share']:.1f} % of solo, "
-              f"{r['stats'].lost_cycles} lost{target}")
+              f"{r['stats'].lost_cycles} lost, {r['stats'].rescued_cycles} rescued{target}")
     if mlp:
         ratio = mlp["busy_trip"][0] / mlp["alone_trip"][0]
         ratio99 = mlp["busy_trip"][1] / mlp["alone_trip"][1]
@@ -710,11 +712,13 @@ async def robot_sections(args, seconds: float, torch, model, torch_note: str) ->
             if robot.state_fd is None:
                 progress("3/5 the state socket was not identified: wait='socket' unavailable, using 'auto'")
                 wait = "auto"
-            # The default interval beside twice it, alternated so that a change
-            # in the host's load does not land on one of them only.
+            # The default beside twice the switch interval and beside the
+            # rescue thread off, alternated so that a change in the host's
+            # load does not land on one of them only.
+            si = default_switch_interval()
             for _ in range(args.share_rounds if args.share_rounds else (1 if args.quick else 2)):
-                for si in (2 * default_switch_interval(), default_switch_interval()):
-                    shares.append(await thread_share(robot, wait, si, solo, seconds))
+                for interval, rescue in ((2 * si, True), (si, False), (si, True)):
+                    shares.append(await thread_share(robot, wait, interval, solo, seconds, rescue))
             print_shares(solo, shares)
             floors.append(await machine_floor(seconds, "after section 3"))
             print_floors(floors)
