@@ -33,7 +33,6 @@
 #include <signal.h>
 #ifdef __linux__
 #include <sys/timerfd.h>
-#include <sys/uio.h>
 #include <time.h>
 #endif
 
@@ -1019,9 +1018,8 @@ static void *cpp_value(PyObject *obj) {
 }
 
 /* peek_value(obj, nbytes) -> bytes: up to nbytes of the C++ object behind a
- * pybind11 instance, for measuring field offsets. Read through
- * process_vm_readv, so memory past the object's end ends the copy instead
- * of faulting. */
+ * pybind11 instance, for measuring field offsets (fewer where the memory
+ * past the object's end is not mapped). */
 static PyObject *k_peek_value(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "peek_value(obj, nbytes) takes 2 arguments");
@@ -1039,17 +1037,24 @@ static PyObject *k_peek_value(PyObject *Py_UNUSED(mod), PyObject *const *args, P
         return NULL;
     }
 #ifdef __linux__
+    int fds[2];
+    if (pipe(fds) < 0) return PyErr_SetFromErrno(PyExc_OSError);
     PyObject *out = PyBytes_FromStringAndSize(NULL, n);
-    if (!out) return NULL;
     Py_ssize_t got = 0;
-    while (got < n) { /* page by page: a read that crosses into unmapped memory stops there */
+    while (out && got < n) {
+        /* Page by page through a pipe: write() from memory that is not
+         * mapped fails with EFAULT instead of faulting, so a read that runs
+         * past the object's end into unmapped memory stops there. One page
+         * fits the pipe's buffer. */
         size_t chunk = 4096 - ((uintptr_t)((char *)src + got) & 4095);
         if ((Py_ssize_t)chunk > n - got) chunk = (size_t)(n - got);
-        struct iovec local = {PyBytes_AS_STRING(out) + got, chunk}, remote = {(char *)src + got, chunk};
-        ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
-        if (r <= 0) break;
+        ssize_t r = write(fds[1], (char *)src + got, chunk);
+        if (r <= 0 || read(fds[0], PyBytes_AS_STRING(out) + got, (size_t)r) != r) break;
         got += r;
     }
+    close(fds[0]);
+    close(fds[1]);
+    if (!out) return NULL;
     if (got < n && _PyBytes_Resize(&out, got) < 0) return NULL;
     return out;
 #else

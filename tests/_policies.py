@@ -41,6 +41,47 @@ class GilHoggingPolicy:
         return q
 
 
+_BACKTRACK = None
+_BACKTRACK_LENGTHS: dict[float, int] = {}
+
+
+def hold_gil(seconds: float) -> float:
+    """One C call that keeps the GIL for about ``seconds`` (a regular
+    expression backtracking; it never returns to the interpreter, so no other
+    Python thread runs meanwhile). Returns how long it took."""
+    global _BACKTRACK
+    import re
+
+    if _BACKTRACK is None:
+        _BACKTRACK = re.compile(r"(a+)+$")
+    n = _BACKTRACK_LENGTHS.get(seconds)
+    if n is None:  # each extra character doubles the time: find the length once
+        n = 10
+        while n < 32:
+            start = time.perf_counter()
+            _BACKTRACK.match("a" * n + "b")
+            if time.perf_counter() - start >= seconds / 2:
+                break
+            n += 1
+        n += 1
+        _BACKTRACK_LENGTHS[seconds] = n
+    start = time.perf_counter()
+    _BACKTRACK.match("a" * n + "b")
+    return time.perf_counter() - start
+
+
+class GilHoldingPolicy:
+    """A policy whose every call is one C call of about ``work_s`` holding the GIL."""
+
+    def __init__(self, work_s: float = 0.02) -> None:
+        self.work_s = work_s
+        hold_gil(work_s)  # calibrate before the loop starts
+
+    def act(self, q):
+        hold_gil(self.work_s)
+        return q
+
+
 def blocking_policy(q, work_s: float = 0.02):
     """A policy that blocks (GIL released) for ``work_s``, like I/O or a GPU sync."""
     time.sleep(work_s)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import threading
 import time
@@ -21,24 +20,12 @@ import pytest
 import aiofranka
 from aiofranka import Controller, _kernel, limits
 
+from _policies import hold_gil
+
 pytestmark = pytest.mark.sim
 
-_BACKTRACK = re.compile(r"(a+)+$")
-
-
 def hold_gil_for(seconds: float) -> float:
-    """Run one C call that keeps the GIL for about ``seconds``; returns how long it took."""
-    n = 16
-    while True:  # backtracking doubles with each extra character
-        start = time.perf_counter()
-        _BACKTRACK.match("a" * n + "b")
-        took = time.perf_counter() - start
-        if took >= seconds / 2 or n >= 30:
-            break
-        n += 1
-    start = time.perf_counter()
-    _BACKTRACK.match("a" * (n + 1) + "b")
-    return time.perf_counter() - start
+    return hold_gil(seconds)
 
 
 def test_the_measured_layout_matches_what_pylibfranka_reads(robot):
@@ -83,10 +70,14 @@ async def _hold_gil_beside(controller: Controller, seconds: float, burst: float 
     return len(took), max(took)
 
 
-async def test_a_thread_holding_the_gil_for_hundreds_of_ms_is_covered(robot):
+@pytest.mark.parametrize("mode", ["impedance", "osc"])
+async def test_a_thread_holding_the_gil_for_hundreds_of_ms_is_covered(robot, mode):
     async with Controller(robot) as controller:
         await controller.move(limits.Q_HOME, speed=0.6)
-        before = controller.state.q
+        if mode == "osc":
+            controller.switch("osc")
+            await controller.wait(0.2)
+        before = controller.state
         bursts, longest = await _hold_gil_beside(controller, 3.0)
         await controller.wait(0.2)
         stats = controller.stats
@@ -101,7 +92,10 @@ async def test_a_thread_holding_the_gil_for_hundreds_of_ms_is_covered(robot):
         # Each rescue starts RESCUE_AFTER (2 ms) after the last cycle: a few
         # states per burst; a broken rescue loses hundreds or reflexes.
         assert stats.lost_cycles <= 10 * bursts + 20, story
-        assert np.max(np.abs(controller.state.q - before)) < 0.02, story
+        after = controller.state
+        assert np.linalg.norm(after.ee[:3, 3] - before.ee[:3, 3]) < 0.005, story
+        if mode == "impedance":
+            assert np.max(np.abs(after.q - before.q)) < 0.02, story
 
 
 async def test_without_the_rescue_thread_the_same_load_ends_in_a_reflex(robot):
