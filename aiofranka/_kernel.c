@@ -764,15 +764,6 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
     Py_ssize_t held = 0;
     for (; held < counts[mode]; held++)
         if (get_vec(args[5 + held], &v[held], lens[mode][held], "cycle parameter") < 0) goto fail_buffers;
-    {   /* kept for the rescue thread, which has no access to Python objects */
-        double *dst = self->last_params;
-        for (Py_ssize_t i = 0; i < held; i++) {
-            memcpy(dst, v[i].buf, (size_t)v[i].len);
-            dst += v[i].len / 8;
-        }
-        self->last_mode = (int)mode;
-        self->last_scale = scale;
-    }
 
     /* The cycle lock is held only inside this call, where no other Python
      * thread can run: a thread holding it while it waits for the GIL would
@@ -783,6 +774,15 @@ static PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t na
         lock_release(self);
         for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
         Py_RETURN_NONE;
+    }
+    {   /* kept for the rescue thread, which has no access to Python objects */
+        double *dst = self->last_params;
+        for (Py_ssize_t i = 0; i < held; i++) {
+            memcpy(dst, v[i].buf, (size_t)v[i].len);
+            dst += v[i].len / 8;
+        }
+        self->last_mode = (int)mode;
+        self->last_scale = scale;
     }
     long long t_call = now_ns();
     PyObject *pair = PyObject_CallMethodNoArgs(ctl, s_readOnce);
@@ -1189,6 +1189,14 @@ static PyObject *Kernel_seq(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromUnsignedLongLong(atomic_load(&self->seq));
 }
 
+/* read_anyway(): the next Kernel.cycle reads even if no state is waiting
+ * (the loop heard nothing for long: libfranka's own timeout then reports a
+ * lost connection), although the rescue thread wrote the last cycle. */
+static PyObject *Kernel_read_anyway(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    atomic_store(&self->rescued_last, 0);
+    Py_RETURN_NONE;
+}
+
 /* counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescuing) */
 static PyObject *Kernel_counters(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     return Py_BuildValue("(LLLLi)", self->lost, (long long)atomic_load(&self->rescued),
@@ -1215,6 +1223,8 @@ static PyMethodDef Kernel_methods[] = {
     {"rescue_stop", (PyCFunction)Kernel_rescue_stop, METH_NOARGS, "stop and join the rescue thread"},
     {"new_session", (PyCFunction)Kernel_new_session, METH_NOARGS, "clear the per-session counters"},
     {"seq", (PyCFunction)Kernel_seq, METH_NOARGS, "the rescue thread's write sequence (odd while writing)"},
+    {"read_anyway", (PyCFunction)Kernel_read_anyway, METH_NOARGS,
+     "the next cycle reads even if no state is waiting (after a long silence)"},
     {"claim_next", (PyCFunction)Kernel_claim_next, METH_NOARGS, "a Python thread serves from now on: the rescue thread yields"},
     {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
      "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running)"},

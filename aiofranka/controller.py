@@ -226,7 +226,7 @@ class Controller:
     EARLY_NS = 15_000
     #: Rescue thread: how long without any cycle written before it steps in,
     #: and how long a state must then wait unserved before it serves it (ns).
-    RESCUE_AFTER_NS = 2_000_000
+    RESCUE_AFTER_NS = 1_200_000
     RESCUE_GRACE_NS = 300_000
     #: Bounds of the learned state period (ns).
     PERIOD_MIN_NS = 900_000
@@ -636,6 +636,7 @@ class Controller:
         ``readOnce`` then waits for libfranka's own timeout and reports the
         lost connection."""
         _kernel.timerfd_clear(self._timerfd)
+        self._kernel.read_anyway()  # even if the rescue thread served the last state
         self._serve()
 
     def _serve(self, need_state: bool = False) -> None:
@@ -1155,8 +1156,10 @@ class Controller:
         served = self._kernel.cycle(ctl, self._torques_type, mode, scale, finishing, *params)
         if served is None:
             # The rescue thread served the state that woke us; we are back,
-            # so it leaves the next ones to us.
+            # so it leaves the next ones to us. (The silence timer counts
+            # from now.)
             self._kernel.claim_next()
+            self._next_due_ns = time.monotonic_ns() + self._period_est_ns
             return False
         state, now, success, t_call, t_read, t_write, flags = served
         buf = self._buf

@@ -89,8 +89,8 @@ async def test_a_thread_holding_the_gil_for_hundreds_of_ms_is_covered(robot, mod
         assert stats.rescue == "on"
         assert longest > 0.1, story  # the GIL really was held past the reflex's 20 ms
         assert stats.rescues >= 1 and stats.rescued_cycles >= 500, story
-        # Each rescue starts RESCUE_AFTER (2 ms) after the last cycle: a few
-        # states per burst; a broken rescue loses hundreds or reflexes.
+        # A rescue starts RESCUE_AFTER (1.2 ms) after the last cycle: at most
+        # a few states per burst; a broken rescue loses hundreds or reflexes.
         assert stats.lost_cycles <= 10 * bursts + 20, story
         after = controller.state
         assert np.linalg.norm(after.ee[:3, 3] - before.ee[:3, 3]) < 0.005, story
