@@ -1197,11 +1197,14 @@ static PyObject *Kernel_read_anyway(Kernel *self, PyObject *Py_UNUSED(ignored)) 
     Py_RETURN_NONE;
 }
 
-/* counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescuing) */
+/* counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescuing,
+ * rescue_error): rescue_error is the kind of libfranka error the rescue
+ * thread met this session (0 none, 1 ControlException, 2 NetworkException,
+ * 3 other). */
 static PyObject *Kernel_counters(Kernel *self, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("(LLLLi)", self->lost, (long long)atomic_load(&self->rescued),
+    return Py_BuildValue("(LLLLii)", self->lost, (long long)atomic_load(&self->rescued),
                          (long long)atomic_load(&self->r_episodes), (long long)atomic_load(&self->r_longest_ns),
-                         self->r_started);
+                         self->r_started, atomic_load(&self->r_error_kind));
 }
 
 static PyMethodDef Kernel_methods[] = {
@@ -1227,7 +1230,7 @@ static PyMethodDef Kernel_methods[] = {
      "the next cycle reads even if no state is waiting (after a long silence)"},
     {"claim_next", (PyCFunction)Kernel_claim_next, METH_NOARGS, "a Python thread serves from now on: the rescue thread yields"},
     {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
-     "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running)"},
+     "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running, rescue_error)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -935,7 +935,7 @@ class Controller:
         wall = (time.monotonic_ns() - self._wall_start_ns) / 1e9 if self._wall_start_ns else 0.0
         robot_time = (self._buf.time_ms - self._robot_start_ms) / 1000.0 if self._robot_start_ms >= 0 else 0.0
         guardian = self._guardian or self._last_guardian
-        lost, rescued, rescues, longest_rescue_ns, _ = self._kernel.counters()
+        lost, rescued, rescues, longest_rescue_ns, _, _ = self._kernel.counters()
         return LoopStats(
             cycles=self._cycles + rescued,
             lost_cycles=lost,

