@@ -994,6 +994,10 @@ static void *rescue_main(void *arg) {
         }
         lock_release(self);
     }
+    if (active) {
+        long long took = now_ns() - episode_start;
+        if (took > atomic_load(&self->r_longest_ns)) atomic_store(&self->r_longest_ns, took);
+    }
     return NULL;
 }
 

@@ -662,6 +662,8 @@ class Controller:
             return
         if need_state and not self._state_ready():
             lock.release()  # nothing to read (drained, or served by the rescue thread)
+            if self._kernel.time_ms > self._buf.time_ms:
+                self._after_rescue(False)
             return
         try:
             self._claimed_epoch = self._epoch
@@ -1155,11 +1157,7 @@ class Controller:
             mode = _TORQUE
         served = self._kernel.cycle(ctl, self._torques_type, mode, scale, finishing, *params)
         if served is None:
-            # The rescue thread served the state that woke us; we are back,
-            # so it leaves the next ones to us. (The silence timer counts
-            # from now.)
-            self._kernel.claim_next()
-            self._next_due_ns = time.monotonic_ns() + self._period_est_ns
+            self._after_rescue(from_guardian)
             return False
         state, now, success, t_call, t_read, t_write, flags = served
         buf = self._buf
@@ -1250,6 +1248,20 @@ class Controller:
         if mode == _OSC:
             return (self._ee_desired, self._ee_kp, self._ee_kd, q_desired, self._null_kp, self._null_kd)
         return (self._torque,)
+
+    def _after_rescue(self, from_guardian: bool) -> None:
+        """The rescue thread served the state that woke us. We are back: it
+        leaves the next states to us; robot-time waits see the time it
+        reached; the silence timer counts from now."""
+        kernel = self._kernel
+        kernel.claim_next()
+        self._next_due_ns = time.monotonic_ns() + self._period_est_ns
+        now = kernel.time_ms
+        if now >= self._next_wake_ms:
+            if from_guardian:
+                self._loop.call_soon_threadsafe(self._wake, now)
+            else:
+                self._wake(now)
 
     def _fail_law(self, error: ControlLawError, cause: BaseException | None = None) -> None:
         error.__cause__ = cause
