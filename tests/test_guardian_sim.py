@@ -154,6 +154,8 @@ def test_bad_guardian_options():
         Controller.__init__(object.__new__(Controller), robot, stall_limit=0)
     with pytest.raises(ValueError, match="on_stall='stop' needs guardian=True"):
         Controller.__init__(object.__new__(Controller), robot, on_stall="stop", guardian=False)
+    with pytest.raises(TypeError, match="rescue must be True, False or None"):
+        Controller.__init__(object.__new__(Controller), robot, rescue="yes")
 
 
 WIND_DOWN_LATE = textwrap.dedent("""

@@ -145,3 +145,11 @@ async def test_a_reflex_met_by_the_rescue_thread_is_raised_from_the_next_await(r
     async with Controller(robot) as controller:
         await controller.wait(0.1)
         assert controller.stats.lost_cycles <= 25
+
+
+def test_the_rescue_setting_follows_guardian_and_needs_the_socket(robot):
+    assert Controller(robot).stats.rescue == "on"
+    assert Controller(robot, guardian=False).stats.rescue == "off"
+    assert Controller(robot, guardian=False, rescue=True).stats.rescue == "on"
+    assert Controller(robot, rescue=False).stats.rescue == "off"
+    assert Controller(robot, wait="yield").stats.rescue == "off: needs wait='socket', not 'yield'"
