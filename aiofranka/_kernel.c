@@ -1110,6 +1110,10 @@ static PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "state_size, after_ns and grace_ns must be positive");
         return NULL;
     }
+    if (!strstr(Py_TYPE(ctl)->tp_name, "ActiveControl") || !strstr(Py_TYPE(tq)->tp_name, "Torques")) {
+        PyErr_SetString(PyExc_TypeError, "rescue_start needs pylibfranka's ActiveControlBase and Torques");
+        return NULL;
+    }
     void *c = cpp_value(ctl), *t = cpp_value(tq), *rd = NULL, *wr = NULL;
     char err[256];
     if (!c || !t || afd_bind(c, &rd, &wr, err, sizeof err) < 0) {

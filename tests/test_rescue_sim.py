@@ -153,3 +153,15 @@ def test_the_rescue_setting_follows_guardian_and_needs_the_socket(robot):
     assert Controller(robot, guardian=False, rescue=True).stats.rescue == "on"
     assert Controller(robot, rescue=False).stats.rescue == "off"
     assert Controller(robot, wait="yield").stats.rescue == "off: needs wait='socket', not 'yield'"
+
+
+def test_the_kernel_refuses_objects_it_cannot_drive(robot):
+    kernel = robot.state_buffer().kernel
+    layout, size = robot.direct_layout()
+    errors = (RuntimeError, RuntimeError, RuntimeError)
+    with pytest.raises(TypeError, match="ActiveControlBase and Torques"):
+        kernel.rescue_start(object(), robot.torques([0.0] * 7), 0, layout, size, 1, 1, 0, errors)
+    with pytest.raises(ValueError, match="offset 0 out of range"):
+        kernel.rescue_start(object(), object(), 0, (-8,) + layout[1:], size, 1, 1, 0, errors)
+    assert kernel.counters()[4] == 0  # no thread started
+    kernel.rescue_stop()  # idempotent without a thread
