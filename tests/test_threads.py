@@ -21,7 +21,7 @@ import pytest
 
 from aiofranka import threads
 from aiofranka.exceptions import OffloadError, WorkerCrashedError, WorkerStoppedError
-from aiofranka.threads import CudaInferenceThread, async_input, asyncify
+from aiofranka.threads import CudaInferenceThread, asyncify
 
 ROOT = Path(__file__).resolve().parents[1]
 
