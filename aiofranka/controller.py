@@ -26,7 +26,6 @@ import select
 import sys
 import threading
 import time
-import traceback
 
 import numpy as np
 
@@ -490,7 +489,6 @@ class Controller:
         if self.running:
             raise ControllerStateError("the controller is already running")
         loop = asyncio.get_running_loop()
-        self._release_frames(self._error)
         self._error = None
         robot = self._robot
         if not robot.claim(self):
@@ -586,7 +584,7 @@ class Controller:
                                   stop_after_ns=self._stall_limit_ns if self._on_stall == "stop" else None)
         self._guardian.start()
 
-    def _start_rescue(self, ctl) -> None:
+    def _start_rescue(self) -> None:
         """Start the kernel's rescue thread for this session (see ``rescue``)."""
         if not self._rescue:
             return
@@ -603,7 +601,7 @@ class Controller:
         pf = robot._pf
         errors = (pf.ControlException, pf.NetworkException, getattr(pf, "FrankaException", RuntimeError))
         try:
-            self._kernel.rescue_start(ctl, robot.torques([0.0] * 7), robot.state_fd, layout[0], layout[1],
+            self._kernel.rescue_start(self._ctl, robot.torques([0.0] * 7), robot.state_fd, layout[0], layout[1],
                                       self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, priority, errors)
         except (RuntimeError, OSError) as exc:
             self._rescue_state = f"off: {exc}"
@@ -667,7 +665,7 @@ class Controller:
             return
         try:
             self._claimed_epoch = self._epoch
-            finished = self._cycle(self._ctl)
+            finished = self._cycle()
         except BaseException as exc:  # noqa: BLE001 - handed to the loop coroutine
             done.set_exception(exc)
             return
@@ -683,7 +681,7 @@ class Controller:
     def _guardian_cycle(self) -> bool:
         """One cycle served by the guardian (the caller holds ``_cycle_lock``)."""
         self._claimed_epoch = self._epoch
-        return self._cycle(self._ctl, from_guardian=True)
+        return self._cycle(from_guardian=True)
 
     def _guardian_done(self, error: BaseException | None) -> None:
         """The guardian ended the session (finished ramp-down, or an error)."""
@@ -980,13 +978,16 @@ class Controller:
     # -- the loop --------------------------------------------------------------
 
     async def _run(self, first: asyncio.Future) -> None:
-        ctl = self._ctl
+        # The control handle is only ever read from self._ctl, never bound to a
+        # local: a stored error's traceback keeps its frames' locals, and a
+        # handle kept alive that way would hold pylibfranka's one control
+        # session open and make the next start() fail.
         error: BaseException | None = None
         self._wall_start_ns = time.monotonic_ns()
         try:
-            if self._cycle(ctl, initial=True):
+            if self._cycle(initial=True):
                 return
-            self._start_rescue(ctl)
+            self._start_rescue()
             first.set_result(None)
             done = self._loop.create_future()
             self._session_done = done
@@ -1006,14 +1007,14 @@ class Controller:
             # Cancelled from outside: finish the session synchronously so the
             # arm is not left with a stale torque.
             error = ControllerStoppedError("the control loop task was cancelled")
-            self._emergency_ramp(ctl)
+            self._emergency_ramp()
             raise exc
         except BaseException as exc:  # noqa: BLE001 - stored and re-raised to the user
             error = self._as_user_error(exc)
             if translate(exc) is exc:
                 # Not the robot ending the session (reflex, network): our own
                 # fault mid-cycle. The session is still open, so ramp it down.
-                self._emergency_ramp(ctl)
+                self._emergency_ramp()
         finally:
             if error is None and self._law_error is not None:
                 error = self._law_error
@@ -1030,27 +1031,10 @@ class Controller:
         wrapped.__cause__ = exc
         return wrapped
 
-    @staticmethod
-    def _release_frames(error: BaseException | None) -> None:
-        """Clear the locals of the finished frames an error's traceback keeps.
-
-        pylibfranka allows one control session per robot, and ends it only when
-        its control handle is freed; a stored error's traceback would keep the
-        handle alive through the loop's frames and block the next ``start()``.
-        """
-        seen = set()
-        while error is not None and id(error) not in seen:
-            seen.add(id(error))
-            traceback.clear_frames(error.__traceback__)
-            error = error.__cause__ or error.__context__
-
     def _finish(self, error: BaseException | None, first: asyncio.Future | None) -> None:
         self._kernel.rescue_stop()  # before the session's C++ objects can go
         self._ctl = None
         self._session_done = None
-        if error is not None and self._loop is not None:
-            # After the task's own frame has finished.
-            self._loop.call_soon(self._release_frames, error)
         self._traj = None
         _switch_interval.leave(self._switch_interval_in_force)
         if self._gc_freeze:
@@ -1091,13 +1075,13 @@ class Controller:
             self._traj_done.set_exception(stopped)
             self._traj_done.exception()
 
-    def _emergency_ramp(self, ctl) -> None:
+    def _emergency_ramp(self) -> None:
         """Bring the command to zero at the rate limit, blocking; best effort.
 
         The guardian is stopped first and the cycle lock taken, so the robot
         connection still has a single user.
         """
-        if ctl is None or self._session_finished:
+        if self._ctl is None or self._session_finished:
             return
         self._kernel.rescue_stop()
         self._guard_running = False
@@ -1107,27 +1091,27 @@ class Controller:
         if not self._cycle_lock.acquire(timeout=2.0):
             return
         try:
-            self._ramp_to_zero(ctl)
+            self._ramp_to_zero()
         finally:
             self._cycle_lock.release()
 
-    def _ramp_to_zero(self, ctl) -> None:
+    def _ramp_to_zero(self) -> None:
         kernel, torques = self._kernel, self._robot.torques
         self._buf.tau_desired[:] = 0.0
         try:
             for _ in range(200):
-                ctl.readOnce()
+                self._ctl.readOnce()
                 command = torques(kernel.finish(0.0))
                 finished = not self._buf.tau_command.any()
                 command.motion_finished = finished
-                ctl.writeOnce(command)
+                self._ctl.writeOnce(command)
                 kernel.update_last()
                 if finished:
                     return
         except Exception:  # noqa: BLE001 - the session is already ending; the robot holds
             return
 
-    def _cycle(self, ctl, initial: bool = False, from_guardian: bool = False) -> bool:
+    def _cycle(self, initial: bool = False, from_guardian: bool = False) -> bool:
         """One read -> compute -> safety -> write cycle. Returns True when the session ended.
 
         The targets are chosen here, then ``Kernel.cycle`` reads the state,
@@ -1155,7 +1139,7 @@ class Controller:
             params, scale = self._zero_params, 0.0
         if params is self._zero_params:
             mode = _TORQUE
-        served = self._kernel.cycle(ctl, self._torques_type, mode, scale, finishing, *params)
+        served = self._kernel.cycle(self._ctl, self._torques_type, mode, scale, finishing, *params)
         if served is None:
             self._after_rescue(from_guardian)
             return False

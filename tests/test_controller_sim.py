@@ -114,6 +114,47 @@ async def test_blocking_the_event_loop_causes_a_reflex_raised_from_the_next_awai
     await controller.stop()
 
 
+async def test_a_kept_error_neither_blocks_a_restart_nor_ends_the_coroutine_that_caught_it(robot):
+    """A stored error's traceback holds the frames it passed through, among them
+    the coroutine that caught it, suspended afterwards. The control handle must be
+    released without clearing those frames: clearing a suspended coroutine's frame
+    ends that coroutine silently, and its task then never finishes (a benchmark
+    hung so, after a reflex)."""
+    controller = Controller(robot, guardian=False)
+    await controller.start()
+    await controller.wait(0.2)
+    loop = asyncio.get_running_loop()
+    caught, gate = loop.create_future(), loop.create_future()
+
+    async def keeper():
+        # Polled every loop iteration, so that the error is raised here right
+        # after the session ends, before anything the loop scheduled at its end.
+        while controller.running:
+            await asyncio.sleep(0)
+        try:
+            await controller.wait(0.1)  # raises the stored error at once
+        except aiofranka.ReflexError as exc:
+            caught.set_result(None)
+            await gate  # suspended here, its frame in the error's traceback
+            return exc
+
+    task = asyncio.create_task(keeper())
+    await asyncio.sleep(0.05)
+    time.sleep(0.2)  # no guardian: the reflex
+    await asyncio.wait_for(caught, 10.0)
+    with pytest.raises(aiofranka.ReflexError):
+        await controller.stop()
+    # The error (and with it the frames of its traceback) is kept by keeper;
+    # the session it ended must not be held open by them.
+    await controller.start()
+    await controller.wait(0.3)
+    assert controller.running
+    gate.set_result(None)
+    kept = await asyncio.wait_for(task, 5.0)
+    assert isinstance(kept, aiofranka.ReflexError)
+    await controller.stop()
+
+
 async def test_awaiting_instead_of_blocking_is_fine(controller):
     await controller.wait(0.2)
     for _ in range(5):
