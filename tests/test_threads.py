@@ -580,6 +580,39 @@ def test_runner_does_not_import_torch():
     assert proc.stdout.decode().strip() == "False"
 
 
+TORCH_TEAM = """
+    import os, asyncio, torch
+    from aiofranka.threads import CudaInferenceThread, asyncify
+    torch.set_num_threads(1)
+    model, x = torch.nn.Linear(256, 256), torch.zeros(1, 256)
+
+    def forward():
+        for _ in range(50):
+            model(x)
+        return len(os.listdir("/proc/self/task"))  # threads of the process
+
+    async def main():
+        base = len(os.listdir("/proc/self/task"))
+        with CudaInferenceThread() as runner:
+            runner_count = runner.run_sync(forward)
+        pooled = await asyncify(forward)()
+        # each count holds the worker itself (+1) and should hold nothing more
+        print(runner_count - base - 1, pooled - base - 1)
+
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenMP's default team is one thread on one CPU")
+def test_worker_threads_follow_torchs_thread_count():
+    """torch.set_num_threads(1) in the main thread reaches OpenMP for that thread
+    only; a forward pass in another thread ran on a team of one thread per CPU
+    (an extra, spinning thread here) until the helpers applied the count."""
+    proc = run_script(TORCH_TEAM, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().split() == ["0", "0"]  # no OpenMP team member beside either worker
+
+
 def test_runner_validates_arguments():
     with pytest.raises(ValueError, match="name"):
         CudaInferenceThread(name="")
