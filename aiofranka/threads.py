@@ -45,10 +45,11 @@ intra-op thread pool can starve the rest of the program: consider
 torch's count is set per thread underneath (OpenMP keeps one per thread): a
 thread other than the one that called ``torch.set_num_threads`` runs its
 operators on a team of one thread per CPU while ``torch.get_num_threads()``
-still reports the value set, and the idle members of that team spin between
-operators.  The worker threads of these helpers therefore apply
-``torch.get_num_threads()`` to themselves before each call when it changed
-(only when torch is already imported).
+still reports the value set, so the CPU you meant to leave to the control
+loop is taken after all (the team also spins between operators).  The worker
+threads of these helpers therefore apply ``torch.get_num_threads()`` to
+themselves before each call when it changed (only when torch is already
+imported).
 """
 
 from __future__ import annotations
@@ -219,10 +220,10 @@ def _follow_torch_threads() -> None:
     """Apply ``torch.get_num_threads()`` to the calling thread, if it changed.
 
     ``torch.set_num_threads`` reaches OpenMP only for the thread that calls it;
-    other threads keep OpenMP's default team (one thread per CPU), whose idle
-    members spin between operators: a one-thread forward in a fresh thread was
-    measured here using 1.7 CPUs instead of 1.0. No-op unless torch is
-    imported; about a microsecond when nothing changed.
+    other threads keep OpenMP's default team (one thread per CPU): after
+    ``torch.set_num_threads(1)``, a forward pass in a fresh thread kept 1.7 to
+    2.0 CPUs busy here instead of 1.0 (``benchmarks/torch_threads.py``). No-op
+    unless torch is imported; about a microsecond when nothing changed.
     """
     torch = sys.modules.get("torch")
     if torch is None:
