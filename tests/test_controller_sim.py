@@ -118,8 +118,8 @@ async def test_a_kept_error_neither_blocks_a_restart_nor_ends_the_coroutine_that
     """A stored error's traceback holds the frames it passed through, among them
     the coroutine that caught it, suspended afterwards. The control handle must be
     released without clearing those frames: clearing a suspended coroutine's frame
-    ends that coroutine silently, and its task then never finishes (a benchmark
-    hung so, after a reflex)."""
+    ends that coroutine silently, and its task then never finishes (a benchmark,
+    after a reflex, also found the session still held by a running frame)."""
     controller = Controller(robot, guardian=False)
     await controller.start()
     await controller.wait(0.2)

@@ -607,7 +607,7 @@ TORCH_TEAM = """
 def test_worker_threads_follow_torchs_thread_count():
     """torch.set_num_threads(1) in the main thread reaches OpenMP for that thread
     only; a forward pass in another thread ran on a team of one thread per CPU
-    (an extra, spinning thread here) until the helpers applied the count."""
+    (one extra thread here) until the helpers applied the count."""
     proc = run_script(TORCH_TEAM, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.decode().split() == ["0", "0"]  # no OpenMP team member beside either worker
