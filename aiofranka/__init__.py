@@ -80,7 +80,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Controller": ".controller",
+    "Controller": ".loop.controller",
     "CudaInferenceThread": ".threads",
     "Franka": ".franka",
     "FrankaRemoteController": ".server",
@@ -99,7 +99,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .controller import Controller
+    from .loop.controller import Controller
     from .franka import Franka
     from .process import ProcessProxy, ampify, mpify
     from .server import FrankaRemoteController

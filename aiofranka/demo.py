@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from . import limits
-from .controller import Controller
+from .loop.controller import Controller
 from .robot import Robot
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 from . import validation
 from .exceptions import ControllerStateError
+from .loop import command
 
 __all__ = ["Franka"]
 
 #: What an action array sets, and the mode that uses it.
-_ACTIONS = {"q_desired": "impedance", "ee_desired": "osc", "torque": "torque"}
+_ACTIONS = command.ACTION_MODES
 
 
 def _rotation_to_quaternion(r: np.ndarray) -> np.ndarray:
@@ -78,7 +77,7 @@ class Franka:
 
     def __init__(self, controller, *, action: str = "q_desired", reset_q=None, reset_speed: float = 0.3,
                  timeout: float = 2.0) -> None:
-        from .controller import Controller
+        from .loop.controller import Controller
         from .server import FrankaRemoteController
 
         if isinstance(controller, FrankaRemoteController):
@@ -95,31 +94,15 @@ class Franka:
         self._reset_q = None if reset_q is None else validation.joint_positions("reset_q", reset_q)
         self._reset_speed = validation.positive("reset_speed", reset_speed, upper=1.0)
         self._timeout = validation.positive("timeout", timeout, upper=3600.0)
-        self._validate = Controller._validate
+        self._validate = command.validate
 
     @property
     def controller(self):
         """The controller this adapter drives."""
         return self._controller
 
-    # -- reaching a local controller's event loop from another thread --------
-
     def _on_loop(self, fn, *args, timeout: float | None = None):
-        controller = self._controller
-        loop = controller._loop
-        if loop is None or not controller.running:
-            raise ControllerStateError("the controller is not running; start it before the session")
-        if asyncio._get_running_loop() is loop:
-            raise RuntimeError("Franka blocks until the controller's event loop answers, and it was called "
-                               "from that loop's own thread; run the Session from another thread")
-
-        async def call():
-            result = fn(*args)
-            if asyncio.iscoroutine(result):
-                result = await result
-            return result
-
-        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout or self._timeout)
+        return self._controller.call_from_thread(fn, *args, timeout=timeout or self._timeout)
 
     def _require_running(self) -> None:
         if not self._controller.running:
@@ -153,7 +136,7 @@ class Franka:
         controller = self._controller
         if self._local:
             # Validated above, in this thread: the loop only swaps the arrays in.
-            self._on_loop(lambda: [controller._assign(name, value) for name, value in items])
+            self._on_loop(lambda: [controller.assign(name, value) for name, value in items])
         else:
             for name, value in items:
                 setattr(controller, name, value)

@@ -429,6 +429,33 @@ class Robot:
         """The ``pylibfranka.Torques`` class."""
         return self._pf.Torques
 
+    @property
+    def error_types(self) -> tuple:
+        """pylibfranka's (reflex, network, any other) exception classes, for the rescue thread."""
+        pf = self._pf
+        return (pf.ControlException, pf.NetworkException, getattr(pf, "FrankaException", RuntimeError))
+
+    def ramp_down(self, ctl, kernel, buf, *, cycles: int = 200) -> None:
+        """Bring an open torque session's command to zero at the rate limit, then end it; best effort.
+
+        ``kernel.finish`` applies the safety filter to a zero law torque; the
+        last write carries ``motion_finished``. Errors end the ramp quietly:
+        the session is ending anyway and the robot holds.
+        """
+        torques = self._pf.Torques
+        try:
+            for _ in range(cycles):
+                ctl.readOnce()
+                command = torques(kernel.finish(0.0))
+                finished = not buf.tau_command.any()
+                command.motion_finished = finished
+                ctl.writeOnce(command)
+                kernel.update_last()
+                if finished:
+                    return
+        except Exception:  # noqa: BLE001 - the session is already ending; the robot holds
+            return
+
     # -- lifecycle ---------------------------------------------------------
 
     def _check_open(self) -> None:

@@ -34,6 +34,8 @@ import numpy as np
 
 from . import _kernel, validation
 from .exceptions import ControllerStateError, WorkerCrashedError
+from .loop.command import SETTABLE, TABLE, check_mode, validate
+from .loop._bridge import call_on_loop
 from .process import _Mapped, _Owned, mpify
 from .robot import RobotState
 
@@ -46,15 +48,13 @@ _STATUS = _FRAME_LEN
 _IDLE, _RUNNING, _FAILED = 0, 1, 2
 _FRAME_BYTES = 8 * (_FRAME_LEN + 8)
 
-#: Gains and targets (validated arrays) forwarded as attributes.
-_ARRAYS = ("kp", "kd", "ee_kp", "ee_kd", "null_kp", "null_kd", "q_desired", "ee_desired", "torque")
 #: Controller options forwarded as attributes (``torque_rate_limit`` is read-only).
 _OPTIONS = ("torque_rate_limit", "joint_limit_margin", "joint_limit_stiffness", "joint_limit_damping",
             "stop_ramp", "switch_interval")
 
 
 def _controller_parameters() -> tuple[str, ...]:
-    from .controller import Controller
+    from .loop.controller import Controller
 
     names = list(inspect.signature(Controller.__init__).parameters)
     return tuple(n for n in names if n not in ("self", "robot"))
@@ -86,7 +86,7 @@ class _ControllerServer:
             raise
 
     def _main(self, ip, robot_options, controller_options, ready) -> None:
-        from .controller import Controller
+        from .loop.controller import Controller
         from .robot import Robot
 
         loop = self._loop
@@ -101,7 +101,7 @@ class _ControllerServer:
             if priority is not None:
                 self._raise_priority(priority)
             self._controller = Controller(self._robot, **controller_options)
-            self._controller._kernel.publish_to(self._frame.buf, self._robot.model.mass)
+            self._controller.publish_to(self._frame.buf, self._robot.model.mass)
         except BaseException as exc:  # noqa: BLE001 - raised in the parent by mpify
             if self._robot is not None:
                 self._robot.close()
@@ -133,35 +133,28 @@ class _ControllerServer:
     # -- running things on the loop thread ---------------------------------
 
     def _on_loop(self, fn, *args, timeout: float | None = None):
-        async def call():
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
         if self._closed:
             raise ControllerStateError("the remote controller was closed")
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout)
+        return call_on_loop(self._loop, fn, *args, timeout=timeout)
 
-    def _loop_ended(self, task: asyncio.Task) -> None:
-        controller = self._controller
-        self._status[0] = _FAILED if controller._error is not None else _IDLE
+    def _loop_ended(self, controller) -> None:
+        self._status[0] = _FAILED if controller.error is not None else _IDLE
 
     async def _start(self) -> None:
         controller = self._controller
         await controller.start()
         self._status[0] = _RUNNING
-        controller._task.add_done_callback(self._loop_ended)
+        controller.add_done_callback(self._loop_ended)
 
     def _check_fault(self) -> None:
-        error = self._controller._error
+        error = self._controller.error
         if error is not None:
             raise error
 
     def _assign(self, name: str, value) -> None:
         self._check_fault()
-        if name in _ARRAYS:
-            self._controller._assign(name, value)  # validated off the loop, in assign()
+        if name in SETTABLE:
+            self._controller.assign(name, value)  # validated once, in the parent
         else:
             setattr(self._controller, name, value)
 
@@ -179,12 +172,11 @@ class _ControllerServer:
     def set_freq(self, hz) -> None:
         self._on_loop(self._controller.set_freq, hz)
 
-    # Gains and targets are validated here, in the thread that receives
-    # commands, so the loop thread only swaps the arrays in.
+    # Gains and targets arrive validated by the parent (FrankaRemoteController),
+    # so the loop thread only swaps the arrays in.
 
-    def set(self, name: str, value) -> None:
-        array = self._controller._validate(name, value)
-        self._on_loop(self._controller._set_validated, name, array)
+    def set(self, name: str, array) -> None:
+        self._on_loop(self._controller.set_validated, name, array)
 
     def move(self, q, speed: float, tolerance: float, timeout: float | None) -> None:
         controller = self._controller
@@ -195,9 +187,8 @@ class _ControllerServer:
 
     def assign(self, name: str, value) -> None:
         controller = self._controller
-        if name in _ARRAYS:
-            value = controller._validate(name, value)
-            if name != "q_desired" or controller._traj is None:
+        if name in SETTABLE:
+            if name != "q_desired" or not controller.moving:
                 # A whole-array swap is atomic under the GIL, and the loop and
                 # the guardian read these attributes once per cycle: no hop onto
                 # the loop needed. (A q_desired that interrupts a trajectory
@@ -207,7 +198,7 @@ class _ControllerServer:
         self._on_loop(self._assign, name, value)
 
     def get(self, name: str):
-        if name in _ARRAYS or name in _OPTIONS or name == "mode":
+        if name in SETTABLE or name in _OPTIONS or name == "mode":
             return getattr(self._controller, name)  # plain attribute reads
         return self._on_loop(getattr, self._controller, name)
 
@@ -248,7 +239,7 @@ class _ControllerServer:
 
     def _release_frame(self) -> None:
         if self._controller is not None:
-            self._controller._kernel.publish_to(None)
+            self._controller.publish_to(None)
         self._status = None
         self._frame.close()
 
@@ -261,8 +252,8 @@ def _make_forwarded(name: str, writable: bool, doc: str):
         return property(getter, doc=doc)
 
     def setter(self, value) -> None:
-        if name in _ARRAYS:
-            value = self._validate(name, value)
+        if name in SETTABLE:
+            value = validate(name, value)
         self._call("assign", name, value)
 
     return property(getter, setter, doc=doc)
@@ -367,12 +358,6 @@ class FrankaRemoteController:
         if self._closed:
             raise ControllerStateError("this FrankaRemoteController was closed; create a new one")
         return self._proxy.call_sync_timeout(self._timeout + extra, name, *args)
-
-    @staticmethod
-    def _validate(name: str, value) -> np.ndarray:
-        from .controller import Controller
-
-        return Controller._validate(name, value)
 
     def _read_frame(self) -> np.ndarray | None:
         if _kernel.seqlock_read(self._view, self._snap) is None:
@@ -483,9 +468,7 @@ class FrankaRemoteController:
 
     def switch(self, mode: str) -> None:
         """Change mode, re-targeting to the current pose (see :meth:`Controller.switch`)."""
-        from .controller import Controller
-
-        Controller._mode_index(mode)
+        check_mode(mode)
         self._call("switch", mode)
 
     def set_freq(self, hz: float | None) -> None:
@@ -497,7 +480,7 @@ class FrankaRemoteController:
 
     def set(self, name: str, value) -> None:
         """Validate and publish a gain or target, paced by :meth:`set_freq` (blocks until its tick)."""
-        array = self._validate(name, value)
+        array = validate(name, value)
         self._call("set", name, array, extra=self._set_period or 0.0)
 
     def move(self, q, *, speed: float = 0.3, tolerance: float = 0.01, timeout: float | None = None) -> None:
@@ -520,15 +503,9 @@ class FrankaRemoteController:
             raise ValueError(f"duration must be a finite number >= 0, got {duration!r}")
         self._call("wait", float(duration), extra=duration * 1.5 + 1.0)
 
-    kp = _make_forwarded("kp", True, "Joint stiffness, (7,) N m/rad (impedance mode).")
-    kd = _make_forwarded("kd", True, "Joint damping, (7,) N m s/rad (impedance mode).")
-    ee_kp = _make_forwarded("ee_kp", True, "Task stiffness, (6,) N/m and N m/rad (osc mode).")
-    ee_kd = _make_forwarded("ee_kd", True, "Task damping, (6,) N s/m and N m s/rad (osc mode).")
-    null_kp = _make_forwarded("null_kp", True, "Null-space posture stiffness, (7,) (osc mode).")
-    null_kd = _make_forwarded("null_kd", True, "Null-space posture damping, (7,) (osc mode).")
-    q_desired = _make_forwarded("q_desired", True, "Joint target (rad).")
-    ee_desired = _make_forwarded("ee_desired", True, "End-effector target pose, 4x4 (osc mode).")
-    torque = _make_forwarded("torque", True, "Commanded joint torques, (7,) N m (torque mode).")
+    for _setting in TABLE:
+        locals()[_setting.name] = _make_forwarded(_setting.name, True, _setting.doc)
+    del _setting
     torque_rate_limit = _make_forwarded("torque_rate_limit", False, "Largest torque change per cycle (N m).")
     joint_limit_margin = _make_forwarded("joint_limit_margin", True, "Joint-limit guard band (rad).")
     joint_limit_stiffness = _make_forwarded("joint_limit_stiffness", True, "Guard stiffness (N m/rad).")

@@ -183,7 +183,7 @@ WIND_DOWN_LATE = textwrap.dedent("""
 
     class SlowToWindDown(Controller):
         def _finish(self, error, first):
-            if self._session_finished:
+            if self._cycle.session_finished:
                 time.sleep(0.05)  # the loop winds down late after motion_finished
             super()._finish(error, first)
 

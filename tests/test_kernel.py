@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from aiofranka import _kernel, control, limits
+from aiofranka import _kernel, limits
+from aiofranka.loop import laws as control
 from aiofranka.robot import StateBuffer
 
 RNG = np.random.default_rng(3)

@@ -76,7 +76,7 @@ async def test_an_exception_in_the_law_ramps_down_and_is_raised_from_the_next_aw
     def broken(*_args, **_kwargs):
         raise ZeroDivisionError("law bug")
 
-    controller._law_params = broken  # fault injection
+    controller._cycle.law_params = broken  # fault injection
     with pytest.raises(aiofranka.ControlLawError, match="ZeroDivisionError") as info:
         await controller.wait(1.0)
     assert isinstance(info.value.__cause__, ZeroDivisionError)

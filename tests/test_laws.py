@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from aiofranka import control, limits
+from aiofranka import limits
+from aiofranka.loop import laws as control
 
 RNG = np.random.default_rng(1)
 

@@ -12,8 +12,8 @@ import asyncio
 
 import numpy as np
 
-from . import limits
-from .exceptions import MissingDependencyError
+from .. import limits
+from ..exceptions import MissingDependencyError
 
 try:  # imported here, not in move(): a first import inside the loop stalls it for milliseconds
     from ruckig import InputParameter, Result, Ruckig, Trajectory

@@ -1,24 +1,10 @@
-"""The guardian thread: it watches the control loop's deadlines and serves cycles the loop misses.
+"""The guardian thread: it watches the loop's deadlines and serves the cycles the loop misses.
 
-Every cycle the loop coroutine publishes when the next robot state is due and
-*claims* the cycle (bumps a counter) when it resumes to read it. The guardian
-sleeps with the GIL released until ``due + threshold``; if the cycle has not
-been claimed by then, something is blocking the event loop. The guardian then
-looks at the event-loop thread's current Python frame to name the culprit
-(the coroutine or callback running and the line it is on), waits for the loop
-to come back, and records the stall: how long, and who.
-
-With takeover enabled (the controller's default) the guardian then serves
-the cycles itself: it takes the cycle lock, runs the controller's own cycle
-(same law, latest validated targets and gains, same safety filter), and waits
-for the next state with the GIL released, until the loop signals it is back;
-it then hands the cycle back at a cycle boundary. The robot connection is
-only ever used by the holder of the cycle lock.
-
-Stalls are counted in the loop figures and reported once per culprit with a
-``logging`` warning on the ``aiofranka`` logger, so the user learns what to
-offload. The guardian costs nothing measurable while the loop keeps its
-deadlines: one wakeup per cycle, a comparison, and back to sleep.
+It sleeps, GIL released, until a published deadline plus a threshold; an
+unclaimed cycle then means the event loop is blocked: it names the culprit
+(the event-loop thread's current frame), and with takeover serves cycles
+itself through the :class:`~aiofranka.loop._cycle.Cycle` until the loop is
+back. See docs/guardian.md.
 """
 
 from __future__ import annotations
@@ -134,20 +120,17 @@ def describe_thread(thread_id: int, loop: asyncio.AbstractEventLoop | None = Non
 
 
 class Guardian(threading.Thread):
-    """Watches the loop's published deadlines; see the module docstring.
+    """Watches the deadlines the ``schedule`` publishes and serves the ``cycle`` when the loop misses one.
 
-    The controller publishes ``_due = (epoch, due_ns)`` after every cycle (the
-    monotonic time the next state is due), sets ``_claimed_epoch = epoch``
-    when the loop resumes to serve that state, and keeps ``_period_est_ns`` and
-    ``_guard_running`` current; ``threshold_ns`` is how late a claim may be
-    before it counts as a stall.
+    ``threshold_ns`` is how late a claim may be before it counts as a stall.
     """
 
-    def __init__(self, controller, *, threshold_ns: int, loop: asyncio.AbstractEventLoop, loop_thread_id: int,
+    def __init__(self, cycle, schedule, *, threshold_ns: int, loop: asyncio.AbstractEventLoop, loop_thread_id: int,
                  rt_priority: int | None = None,
                  takeover: bool = False, log_stalls: bool = True, stop_after_ns: int | None = None) -> None:
         super().__init__(name="aiofranka-guardian", daemon=True)
-        self._controller = controller
+        self._cycle = cycle
+        self._schedule = schedule
         self._threshold_ns = threshold_ns
         self._loop = loop
         self._loop_thread_id = loop_thread_id
@@ -180,27 +163,27 @@ class Guardian(threading.Thread):
 
     def run(self) -> None:
         self._set_priority()
-        c = self._controller
+        c, sch = self._cycle, self._schedule
         stopped = self._stop_event.is_set
         threshold = self._threshold_ns
         monotonic_ns = time.monotonic_ns
         sleep = time.sleep
         state_poll = None
-        if c._robot.state_fd is not None:
+        if c.state_fd is not None:
             state_poll = select.poll()
-            state_poll.register(c._robot.state_fd, select.POLLIN)
+            state_poll.register(c.state_fd, select.POLLIN)
         self._state_poll = state_poll
-        waits_on_socket = getattr(c, "_wait_mode", None) == "socket"
-        while not stopped() and c._guard_running:
-            if c._session_finished:
+        waits_on_socket = c.wait_mode == "socket"
+        while not stopped() and c.guard_running:
+            if c.session_finished:
                 sleep(0.001)  # nothing left to serve; the loop winds down and stops us
                 continue
-            epoch, due = c._due
+            epoch, due = sch.due
             now = monotonic_ns()
-            if c._claimed_epoch >= epoch:
+            if sch.claimed_epoch >= epoch:
                 # Claimed: sleep until the next cycle's deadline, well after the
                 # loop normally serves it, so we do not compete for the GIL then.
-                sleep(max(100_000, due + c._period_est_ns + threshold - now) / 1e9)
+                sleep(max(100_000, due + sch.period_est_ns + threshold - now) / 1e9)
                 continue
             deadline = due + threshold
             if now < deadline:
@@ -213,28 +196,28 @@ class Guardian(threading.Thread):
                     sleep(0.0001)  # the state itself is late, not the loop
                     continue
                 sleep(threshold / 1e9)
-                if c._claimed_epoch >= epoch:
+                if sch.claimed_epoch >= epoch:
                     continue
             # Past the deadline and still unclaimed: the event loop is blocked.
             culprit = describe_thread(self._loop_thread_id, self._loop)
-            if self._takeover and c._ctl is not None:
+            if self._takeover and c.has_control:
                 served_ms = self._serve_while_stalled(culprit, due)
                 if served_ms is not None:
                     self._record(culprit, served_ms)
                     continue
-                if c._session_finished:
+                if c.session_finished:
                     continue  # not a stall: the session ended and the loop is winding down
-            while c._claimed_epoch < epoch and c._guard_running and not stopped():
+            while sch.claimed_epoch < epoch and c.guard_running and not stopped():
                 sleep(0.0002)
             self._record(culprit, (monotonic_ns() - due) / 1e6)
 
     def _wait_for_state(self) -> None:
         """Sleep, GIL released, until the next state is there (or due)."""
-        c = self._controller
+        sch = self._schedule
         if self._state_poll is not None:
-            self._state_poll.poll(max(1, int((c._next_due_ns - time.monotonic_ns()) / 1e6) + 50))
+            self._state_poll.poll(max(1, int((sch.next_due_ns - time.monotonic_ns()) / 1e6) + 50))
             return
-        delay = c._next_due_ns - c._margin_ns - time.monotonic_ns()
+        delay = sch.next_due_ns - sch.margin_ns - time.monotonic_ns()
         if delay > 0:
             time.sleep(delay / 1e9)
 
@@ -243,51 +226,51 @@ class Guardian(threading.Thread):
 
         Returns None if the loop claimed the cycle after all.
         """
-        c = self._controller
-        lock = c._cycle_lock
-        c._kernel.claim_next()  # the rescue thread, if serving, leaves the states to us
+        c, sch = self._cycle, self._schedule
+        lock = c.lock
+        c.claim_next()  # the rescue thread, if serving, leaves the states to us
         if not lock.acquire(timeout=0.002):
             return None  # the loop is serving this very cycle
         while True:
-            if c._claimed_epoch >= c._due[0] or c._session_finished or not c._guard_running:
+            if sch.claimed_epoch >= sch.due[0] or c.session_finished or not c.guard_running:
                 # Claimed after all, or the session already ended (the loop
                 # wrote motion_finished and has not wound down yet): no state
                 # will come, and a readOnce would wait for one with the GIL held.
                 lock.release()
                 return None
-            if c._state_ready():
+            if c.state_ready():
                 break
             lock.release()  # the rescue thread took that state: wait for the next
             self._wait_for_state()
             lock.acquire()
-        c._loop_back = False
-        c._guardian_active = True
+        c.loop_back = False
+        c.guardian_active = True
         self.takeovers += 1
         start = time.monotonic_ns()
         held = True
         try:
-            while c._guard_running:
+            while c.guard_running:
                 try:
-                    finished = c._guardian_cycle()
+                    finished = c.serve_from_guardian()
                 except BaseException as exc:  # noqa: BLE001 - handed to the loop coroutine
-                    c._guardian_done(exc)
+                    c.guardian_done(exc)
                     break
                 if finished:
-                    c._guardian_done(None)
+                    c.guardian_done(None)
                     break
                 elapsed = time.monotonic_ns() - start
                 if self._stop_after_ns is not None and elapsed > self._stop_after_ns:
-                    c._stall_stop(culprit, elapsed / 1e6)
+                    c.stall_stop(culprit, elapsed / 1e6, self._stop_after_ns / 1e6)
                 lock.release()
                 held = False
-                if c._loop_back:
+                if c.loop_back:
                     break
                 self._wait_for_state()
-                if c._loop_back:
+                if c.loop_back:
                     break
                 lock.acquire()
                 held = True
-                while not c._state_ready() and c._guard_running and not c._loop_back:
+                while not c.state_ready() and c.guard_running and not c.loop_back:
                     # The rescue thread served that state: wait for the next.
                     lock.release()
                     held = False
@@ -295,7 +278,7 @@ class Guardian(threading.Thread):
                     lock.acquire()
                     held = True
         finally:
-            c._guardian_active = False
+            c.guardian_active = False
             if held:
                 lock.release()
             took = (time.monotonic_ns() - start) / 1e6

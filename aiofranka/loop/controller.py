@@ -1,0 +1,579 @@
+"""The Controller: a 1 kHz torque loop that lives on the asyncio event loop.
+
+The loop is clocked by the robot's own state packets: the event loop sleeps
+until the next state and serves each cycle in one C call (read, law, safety,
+write). This module is the user's facade: options, gains and targets,
+lifecycle, waits, motion and figures. Who serves each cycle lives in
+:mod:`aiofranka.loop._cycle`; see docs/architecture.md and docs/timing.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import numpy as np
+
+from .. import _os, limits, validation
+from ..exceptions import ControllerStateError, ControllerStoppedError, MotionTimeoutError, translate
+from ..robot import Robot, RobotState
+from ..timing import LoopStats  # noqa: F401 - the type of stats
+from . import command
+from ._bridge import call_on_loop
+from ._cycle import Cycle, user_error
+from ._schedule import Schedule
+from .command import MODES, SETTABLE, Commands
+from .guardian import Guardian, watch_gc
+from .trajectory import plan_joint_motion
+
+__all__ = ["Controller", "MODES", "SETTABLE"]
+
+
+class Controller:
+    """A 1 kHz torque / impedance controller whose loop runs on the asyncio event loop.
+
+    Modes (see :meth:`switch`): ``"impedance"`` (joint impedance: ``kp``,
+    ``kd``, ``q_desired``), ``"osc"`` (operational-space impedance: ``ee_kp``,
+    ``ee_kd``, ``ee_desired``, with a null-space pull towards ``q_desired``
+    weighted by ``null_kp``, ``null_kd``) and ``"torque"`` (raw ``torque``).
+    Every mode passes through the same safety filter.
+
+    Gains and targets are attributes: assigning one validates it (shape,
+    finiteness, sign, a proper rotation for poses, joint limits) and publishes
+    it whole for the next cycle.
+
+    Keyword-only options (docs/controller.md has the table, with defaults and units):
+    ``mode``; ``torque_rate_limit`` (N m per cycle, below 1); ``joint_limit_margin``,
+    ``joint_limit_stiffness``, ``joint_limit_damping`` (the guard band near joint
+    limits); ``stop_ramp`` (s to fade the torque on stop); ``switch_interval``
+    (``sys.setswitchinterval`` while running); ``wait`` (``"socket"``, ``"timerfd"``,
+    ``"yield"`` or ``"auto"``: how the loop waits for the next state);
+    ``stall_threshold`` (s a due cycle may go unclaimed before it is a stall);
+    ``guardian`` (a thread serves cycles while the event loop is blocked);
+    ``on_stall`` (``"warn"``, ``"silent"`` or ``"stop"`` after ``stall_limit`` s);
+    ``rescue`` (a GIL-free C thread serves cycles while another thread holds the
+    GIL; ``stats.rescue`` says whether it runs, and why not); ``gc_freeze``
+    (freeze the collector's view of the existing heap while running).
+
+    Example::
+
+        import asyncio
+        from aiofranka import Controller, Robot
+
+        async def main():
+            with Robot() as robot:              # the embedded simulator
+                async with Controller(robot) as controller:
+                    q = controller.state.q
+                    q[0] += 0.2
+                    await controller.move(q)
+                    print(controller.stats.table())
+
+        asyncio.run(main())
+    """
+
+    #: Rescue thread timing (ns); see :class:`~aiofranka.loop._cycle.Cycle`.
+    RESCUE_AFTER_NS = Cycle.RESCUE_AFTER_NS
+    RESCUE_GRACE_NS = Cycle.RESCUE_GRACE_NS
+
+    def __init__(self, robot: Robot, *, mode: str = "impedance", torque_rate_limit: float = 0.95,
+                 joint_limit_margin: float = 0.1, joint_limit_stiffness: float = 100.0,
+                 joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 1e-4,
+                 wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
+                 on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True,
+                 rescue: bool | None = None) -> None:
+        if not isinstance(robot, Robot):
+            raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
+        self._robot = robot
+        mode_index = command.check_mode(mode)
+        rate = validation.positive("torque_rate_limit", torque_rate_limit)
+        if rate >= limits.DTAU_MAX_PER_CYCLE:
+            raise ValueError(f"torque_rate_limit must be below {limits.DTAU_MAX_PER_CYCLE} N m per cycle "
+                             f"(the robot's tolerance), got {torque_rate_limit!r}")
+        margin = validation.positive("joint_limit_margin", joint_limit_margin, upper=0.5)
+        stiffness = float(validation.gains("joint_limit_stiffness", joint_limit_stiffness, 1)[0])
+        damping = float(validation.gains("joint_limit_damping", joint_limit_damping, 1)[0])
+        stop_ramp = validation.positive("stop_ramp", stop_ramp, upper=5.0)
+        self._switch_interval = validation.positive("switch_interval", switch_interval, upper=0.1)
+        if wait not in ("auto", "socket", "timerfd", "yield"):
+            raise ValueError(f"wait must be 'auto', 'socket', 'timerfd' or 'yield', got {wait!r}")
+        if wait == "socket" and robot.state_fd is None:
+            raise ValueError("wait='socket' needs the robot's UDP socket, which was not identified; "
+                             "use 'timerfd' or 'yield'")
+        if wait == "timerfd" and not _os.IS_LINUX:
+            raise ValueError("wait='timerfd' needs Linux; use 'socket' or 'yield'")
+        if wait == "auto":
+            if robot.state_fd is not None:
+                wait = "socket"
+            else:
+                wait = "timerfd" if _os.IS_LINUX else "yield"
+        self._wait_mode = wait
+        self._stall_threshold_ns = int(1e9 * validation.positive("stall_threshold", stall_threshold, upper=0.1))
+        self._gc_freeze = bool(gc_freeze)
+        if on_stall not in ("warn", "silent", "stop"):
+            raise ValueError(f"on_stall must be 'warn', 'silent' or 'stop', got {on_stall!r}")
+        if on_stall == "stop" and not guardian:
+            raise ValueError("on_stall='stop' needs guardian=True: the guardian is what ramps the arm down")
+        self._takeover = bool(guardian)
+        if rescue is None:
+            rescue = self._takeover
+        if not isinstance(rescue, bool):
+            raise TypeError(f"rescue must be True, False or None, got {rescue!r}")
+        rescue_on = rescue and wait == "socket"
+        rescue_state = "off" if not rescue else "on" if rescue_on else f"off: needs wait='socket', not {wait!r}"
+        self._on_stall = on_stall
+        self._stall_limit_ns = int(1e9 * validation.positive("stall_limit", stall_limit, upper=60.0))
+
+        #: The gains and targets the law reads, in named fields (see :mod:`aiofranka.loop.command`).
+        self.commands = Commands()
+        # Loop storage, allocated once; the C kernel works on these arrays.
+        self._buf = robot.state_buffer(dtau_max=np.full(7, rate), margin=margin, stiffness=stiffness,
+                                       damping=damping)
+        self._kernel = self._buf.kernel
+        self._schedule = Schedule(learn_margin=wait == "timerfd")
+        self._cycle = Cycle(robot, self._buf, self.commands, self._schedule, mode=mode_index, wait_mode=wait,
+                            rescue=rescue_on, rescue_state=rescue_state, stop_ramp=stop_ramp)
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._set_period_ms: float | None = None
+        self._next_set_ms: float | None = None
+        self._switch_interval_in_force = switch_interval
+        self._loop_sched_saved: tuple | None = None
+        self._guardian: Guardian | None = None
+        self._last_guardian: Guardian | None = None
+        self._wall_start_ns = 0
+
+    # -- options (validated; fixed while running where the loop depends on them) --
+
+    @property
+    def torque_rate_limit(self) -> float:
+        """Largest change of the commanded torque per cycle (N m)."""
+        return float(self._buf.dtau_max[0])
+
+    def _kernel_option(name: str, check, doc: str):  # noqa: N805 - class-body helper
+        def getter(self) -> float:
+            return getattr(self._kernel, name)
+
+        def setter(self, value) -> None:
+            setattr(self._kernel, name, check(value))
+
+        return property(getter, setter, doc=doc)
+
+    joint_limit_margin = _kernel_option(
+        "margin", lambda v: validation.positive("joint_limit_margin", v, upper=0.5),
+        "Width of the guard band near each joint limit (rad).")
+    joint_limit_stiffness = _kernel_option(
+        "stiffness", lambda v: float(validation.gains("joint_limit_stiffness", v, 1)[0]),
+        "Spring of the joint-limit guard (N m/rad).")
+    joint_limit_damping = _kernel_option(
+        "damping", lambda v: float(validation.gains("joint_limit_damping", v, 1)[0]),
+        "Damper of the joint-limit guard (N m s/rad).")
+    del _kernel_option
+
+    @property
+    def stop_ramp(self) -> float:
+        """Seconds over which the law's torque fades to zero on stop."""
+        return self._cycle.stop_ramp
+
+    @stop_ramp.setter
+    def stop_ramp(self, value: float) -> None:
+        self._cycle.stop_ramp = validation.positive("stop_ramp", value, upper=5.0)
+
+    @property
+    def switch_interval(self) -> float:
+        """``sys.setswitchinterval`` while running (s); takes effect at the next start."""
+        return self._switch_interval
+
+    @switch_interval.setter
+    def switch_interval(self, value: float) -> None:
+        self._switch_interval = validation.positive("switch_interval", value, upper=0.1)
+
+    # -- gains and targets: attributes made from the command table ----------------
+
+    def assign(self, name: str, array: np.ndarray) -> None:
+        """Publish a gain or target already validated by :func:`aiofranka.loop.command.validate`.
+
+        For callers that validate in another thread (server mode, ``Franka``);
+        call it on the controller's loop while a ``move()`` may run (assigning
+        ``q_desired`` interrupts it). Plain code assigns the attribute instead.
+        """
+        if name == "q_desired":
+            self._cycle.cancel_trajectory("q_desired was assigned")
+        setattr(self.commands, name, array)
+
+    def _make_property(setting: command.Setting):  # noqa: N805 - class-body helper
+        name = setting.name
+
+        def getter(self) -> np.ndarray:
+            return getattr(self.commands, name)
+
+        def setter(self, value) -> None:
+            self.assign(name, setting.validate(name, value))
+
+        return property(getter, setter, doc=setting.doc)
+
+    for _setting in command.TABLE:
+        locals()[_setting.name] = _make_property(_setting)
+    del _make_property, _setting
+
+    @property
+    def mode(self) -> str:
+        """The active control mode."""
+        return MODES[self._cycle.mode]
+
+    def switch(self, mode: str) -> None:
+        """Change the control mode, re-targeting to the current pose so nothing jumps.
+
+        ``q_desired`` and ``ee_desired`` become the current joint positions and
+        pose, ``torque`` becomes zero, and a running ``move()`` is interrupted.
+        """
+        index = command.check_mode(mode)
+        self._raise_stored_error()
+        self._cycle.cancel_trajectory(f"switch({mode!r}) was called")
+        self.commands.retarget(self._buf.q, self._buf.ee)
+        self._cycle.mode = index
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the loop is commanding the robot."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that ended the last session, until :meth:`stop` raises it (else ``None``)."""
+        return self._error
+
+    @property
+    def moving(self) -> bool:
+        """A :meth:`move` is in progress."""
+        return self._cycle.moving
+
+    async def start(self) -> None:
+        """Start the 1 kHz loop; returns once the first command has been written.
+
+        Recovers from a previous reflex first. Targets are set to the current
+        pose, and the torque starts from zero, so the arm does not jump.
+        """
+        if self._closed:
+            raise ControllerStateError("this controller was closed; create a new one")
+        if self.running:
+            raise ControllerStateError("the controller is already running")
+        loop = asyncio.get_running_loop()
+        self._error = None
+        robot = self._robot
+        if not robot.claim(self):
+            raise ControllerStateError("another controller is driving this robot; stop it first")
+        self._loop = loop
+        cycle = self._cycle
+        cycle.prepare(loop)
+        self._last_guardian = None
+        self._wall_start_ns = 0
+        # Everything slow happens before the session opens: once it is open the
+        # robot expects a command every millisecond.
+        self._switch_interval_in_force = self._switch_interval
+        self._loop_sched_saved = _os.promote_current_thread(getattr(robot, "rt_priority", None))
+        _os.switch_interval.enter(self._switch_interval)
+        if self._gc_freeze:
+            _os.gc_freezer.enter()
+        try:
+            cycle.attach(loop)
+            self._start_guardian(loop)
+            if cycle.rescue and isinstance(robot.direct_layout(), str):
+                cycle.rescue_state = f"off: {robot.direct_layout()}"
+            if robot.in_reflex():
+                robot.recover()
+            cycle.ctl = robot.start_torque_control()
+        except BaseException as exc:
+            self._finish(None, None)
+            raise exc
+        first = loop.create_future()
+        self._task = loop.create_task(self._run(first), name="aiofranka-control-loop")
+        await first
+        self._raise_stored_error()
+
+    def _start_guardian(self, loop) -> None:
+        self._cycle.guard_running = True
+        watch_gc(True)
+        priority = _os.fifo_priority_above(1)  # above the loop and user threads
+        self._guardian = Guardian(self._cycle, self._schedule, threshold_ns=self._stall_threshold_ns, loop=loop,
+                                  loop_thread_id=threading.get_ident(), rt_priority=priority,
+                                  takeover=self._takeover, log_stalls=self._on_stall != "silent",
+                                  stop_after_ns=self._stall_limit_ns if self._on_stall == "stop" else None)
+        self._guardian.start()
+
+    async def stop(self) -> None:
+        """Ramp the torque down to zero, end the session, and raise any loop error.
+
+        Idempotent: a second call returns at once (or raises nothing further).
+        If the loop died with an error, that error is raised here (once).
+        """
+        task = self._task
+        if task is not None and not task.done():
+            self._cycle.stop_requested = True
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    raise
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    async def close(self) -> None:
+        """Stop (if running) and refuse further starts. Idempotent."""
+        try:
+            await self.stop()
+        finally:
+            self._closed = True
+            self._cycle.close()
+
+    async def __aenter__(self) -> "Controller":
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            await self.stop()
+            return
+        # Never mask the body's exception with the loop's.
+        try:
+            await self.stop()
+        except Exception as stop_error:
+            if stop_error is not exc and hasattr(exc, "add_note"):
+                exc.add_note(f"aiofranka: stopping the controller also raised {stop_error!r}")
+
+    def add_done_callback(self, fn) -> None:
+        """Call ``fn(controller)`` on the loop when the running session ends."""
+        self._require_running()
+        self._task.add_done_callback(lambda _task: fn(self))
+
+    def call_from_thread(self, fn, *args, timeout: float | None = None):
+        """Run ``fn(*args)`` on the controller's event loop from another thread; return its result.
+
+        ``fn`` may return an awaitable, which is awaited there. Raises
+        :class:`~aiofranka.ControllerStateError` when the controller is not
+        running, ``RuntimeError`` when called from the loop's own thread (it
+        would wait for itself), and ``TimeoutError`` past ``timeout`` seconds.
+        """
+        loop = self._loop
+        if loop is None or not self.running:
+            raise ControllerStateError("the controller is not running; start it first")
+        return call_on_loop(loop, fn, *args, timeout=timeout)
+
+    # -- waiting and rate-limited updates --------------------------------------
+
+    def _raise_stored_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _require_running(self) -> None:
+        self._raise_stored_error()
+        if not self.running:
+            raise ControllerStateError("the controller is not running; await controller.start() first")
+
+    async def _await_loop(self, future: asyncio.Future) -> None:
+        try:
+            await future
+        except ControllerStoppedError:
+            self._raise_stored_error()
+            raise
+
+    async def wait(self, duration: float) -> None:
+        """Sleep ``duration`` seconds of robot time; raises if the loop dies meanwhile."""
+        if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration >= 0):
+            raise ValueError(f"duration must be a finite number >= 0, got {duration!r}")
+        self._require_running()
+        await self._await_loop(self._cycle.wait_until(self._buf.time_ms + duration * 1000.0))
+
+    def set_freq(self, hz: float | None) -> None:
+        """Pace :meth:`set` at ``hz`` on the robot clock (``None``: no pacing)."""
+        if hz is None:
+            self._set_period_ms = None
+        else:
+            self._set_period_ms = 1000.0 / validation.positive("hz", hz, upper=1000.0)
+        self._next_set_ms = None
+
+    async def set(self, name: str, value) -> None:
+        """Validate and publish a gain or target, paced by :meth:`set_freq`.
+
+        With a frequency set, each call returns at the next tick of a fixed
+        grid on the robot clock (drift-free: the grid does not move with call
+        jitter); after an overrun the grid skips the missed ticks instead of
+        bursting.
+        """
+        await self.set_validated(name, command.validate(name, value))
+
+    async def set_validated(self, name: str, array: np.ndarray) -> None:
+        """:meth:`set` for an array already validated by :func:`aiofranka.loop.command.validate`."""
+        self._require_running()
+        period = self._set_period_ms
+        if period is not None:
+            now = self._buf.time_ms
+            tick = self._next_set_ms if self._next_set_ms is not None else float(now)
+            if tick > now:
+                await self._await_loop(self._cycle.wait_until(tick))
+            now = self._buf.time_ms
+            tick += period
+            if tick <= now:  # overran: skip the ticks already missed
+                tick += period * math.ceil((now - tick) / period + 1e-9)
+            self._next_set_ms = tick
+        self.assign(name, array)
+
+    # -- motion ----------------------------------------------------------------
+
+    async def move(self, q, *, speed: float = 0.3, tolerance: float = 0.01, timeout: float | None = None) -> None:
+        """Move to joint positions ``q`` on a jerk-limited trajectory; return on arrival.
+
+        The trajectory (ruckig) respects ``speed`` times the FR3 velocity,
+        acceleration and jerk limits and is tracked in impedance mode (the
+        controller switches to it). Returns when the trajectory is finished and
+        every joint is within ``tolerance`` rad of ``q``. Raises
+        :class:`MotionTimeoutError` after ``timeout`` seconds of robot time
+        (default: the trajectory's duration plus 2 s), and
+        :class:`ControllerStoppedError` if the controller stops or another
+        command (``switch()``, a new ``move()``, assigning ``q_desired``)
+        interrupts it. If the call is cancelled or times out, the arm holds
+        where the trajectory had got to.
+        """
+        target = validation.joint_positions("q", q)
+        speed = validation.positive("speed", speed, upper=1.0)
+        tolerance = validation.positive("tolerance", tolerance)
+        if timeout is not None:
+            timeout = validation.positive("timeout", timeout)
+        self._require_running()
+        cycle = self._cycle
+        if cycle.moving:
+            # Hold where the running motion is now, then plan from the arm's state.
+            cycle.hold_trajectory_here()
+            cycle.cancel_trajectory("a new move() started")
+        trajectory = plan_joint_motion(self._buf.q, self._buf.dq, target, speed=speed)
+        await trajectory.sample()
+        self._require_running()
+        if cycle.mode != command.IMPEDANCE:
+            self.switch("impedance")
+        done = cycle.follow(trajectory)
+        limit_ms = 1000.0 * (timeout if timeout is not None else trajectory.duration + 2.0)
+        deadline_ms = self._buf.time_ms + limit_ms
+        timer = cycle.wait_until(deadline_ms)
+        try:
+            await asyncio.wait({done, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if done.done():
+                done.result()  # raises if interrupted
+                while np.max(np.abs(self._buf.q - target)) > tolerance and not timer.done():
+                    await self._await_loop(cycle.wait_until(self._buf.time_ms + 5))
+            if timer.done() and np.max(np.abs(self._buf.q - target)) > tolerance:
+                timer.result()  # raises ControllerStoppedError if the loop ended
+                self._raise_stored_error()
+                if cycle.is_following(trajectory):
+                    cycle.hold_trajectory_here()
+                    cycle.cancel_trajectory("move() timed out")
+                error = np.max(np.abs(self._buf.q - target))
+                raise MotionTimeoutError(f"move() did not arrive within {limit_ms / 1000.0:.2f} s of robot time "
+                                         f"(largest joint error {error:.4f} rad)")
+        except ControllerStoppedError:
+            self._raise_stored_error()
+            raise
+        except asyncio.CancelledError:
+            if cycle.is_following(trajectory):
+                cycle.hold_trajectory_here()
+                cycle.cancel_trajectory("move() was cancelled")
+            raise
+        finally:
+            if not timer.done():
+                timer.cancel()
+
+    # -- state and figures -------------------------------------------------
+
+    @property
+    def state(self) -> RobotState:
+        """A consistent snapshot of the latest state (copies; safe to keep)."""
+        if not self.running:
+            return self._robot.read()
+        return self._cycle.snapshot()
+
+    def publish_to(self, frame, mass=None) -> None:
+        """Have every cycle copy the state into ``frame`` (a shared buffer) under a seqlock; ``None`` stops."""
+        if frame is None:
+            self._kernel.publish_to(None)
+        else:
+            self._kernel.publish_to(frame, mass)
+
+    @property
+    def stats(self) -> LoopStats:
+        """A frozen snapshot of the loop's figures since the last start."""
+        return self._cycle.figures(self._guardian or self._last_guardian, self._wall_start_ns,
+                                   self._switch_interval_in_force)
+
+    # -- the session -------------------------------------------------------------
+
+    async def _run(self, first: asyncio.Future) -> None:
+        # The control handle is only ever read from the cycle, never bound to a
+        # local: a stored error's traceback keeps its frames' locals, and a
+        # handle kept alive that way would hold pylibfranka's one control
+        # session open and make the next start() fail.
+        error: BaseException | None = None
+        cycle = self._cycle
+        self._wall_start_ns = time.monotonic_ns()
+        try:
+            if cycle.run(initial=True):
+                return
+            cycle.start_rescue(self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, _os.fifo_priority_above(2) or 0)
+            first.set_result(None)
+            done = self._loop.create_future()
+            cycle.open(done)
+            if self._wait_mode == "yield":
+                while not done.done():
+                    # While the guardian holds the cycle, back off instead of
+                    # spinning the event loop (it needs the GIL to serve).
+                    await asyncio.sleep(0.001 if cycle.guardian_active else 0)
+                    cycle.serve()
+            await done
+        except asyncio.CancelledError as exc:
+            # Cancelled from outside: finish the session synchronously so the
+            # arm is not left with a stale torque.
+            error = ControllerStoppedError("the control loop task was cancelled")
+            cycle.emergency_ramp(self._guardian)
+            raise exc
+        except BaseException as exc:  # noqa: BLE001 - stored and re-raised to the user
+            error = user_error(exc)
+            if translate(exc) is exc:
+                # Not the robot ending the session (reflex, network): our own
+                # fault mid-cycle. The session is still open, so ramp it down.
+                cycle.emergency_ramp(self._guardian)
+        finally:
+            if error is None and cycle.law_error is not None:
+                error = cycle.law_error
+            self._finish(error, first)
+
+    def _finish(self, error: BaseException | None, first: asyncio.Future | None) -> None:
+        cycle = self._cycle
+        cycle.detach()
+        _os.switch_interval.leave(self._switch_interval_in_force)
+        if self._gc_freeze:
+            _os.gc_freezer.leave()
+        self._robot.release(self)
+        saved, self._loop_sched_saved = self._loop_sched_saved, None
+        _os.restore_thread_scheduling(saved)
+        if self._guardian is not None:
+            self._last_guardian = self._guardian
+            self._guardian.stop()
+            self._guardian = None
+        if error is not None:
+            self._error = error
+        if first is not None and not first.done():
+            if error is not None:
+                first.set_exception(error)
+                first.exception()
+            else:
+                first.set_result(None)
+        cycle.fail_waiters(error)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Controller {self.mode} {state} on {self._robot!r}>"
+
