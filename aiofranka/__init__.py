@@ -31,7 +31,8 @@ from .exceptions import (
     WorkerCrashedError,
     WorkerStoppedError,
 )
-from .timing import LoopStats, Summary, WakeupReport, probe_wakeups
+from .probe import WakeupReport, probe_wakeups
+from .stats import LoopStats, Summary
 
 __version__ = "0.1.0"
 

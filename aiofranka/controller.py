@@ -43,7 +43,7 @@ from .exceptions import (
 from .guardian import Guardian, watch_gc
 from .robot import Robot, RobotState
 from .threads import restore_thread_scheduling, thread_scheduling
-from .timing import LatencyHistogram, LoopStats
+from .stats import LatencyHistogram, LoopStats
 from .trajectory import plan_joint_motion
 
 __all__ = ["Controller", "MODES"]

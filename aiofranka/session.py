@@ -28,7 +28,7 @@ Three pieces, usable on their own:
 
 * :class:`Pacer`: the pacing mechanism, absolute deadlines, a coarse sleep
   followed by a short spin, no catch-up burst after an overrun. It also keeps
-  the period figures (in a preallocated :class:`~aiofranka.timing.SampleRing`).
+  the period figures (in a preallocated :class:`~aiofranka.stats.SampleRing`).
 * :class:`SessionStats`: a frozen snapshot of those figures.
 * :class:`Session` and :func:`run`: the loop in a thread, with a lifecycle
   (``start``/``stop``/``run``, context manager) and error reporting
@@ -50,7 +50,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .timing import SampleRing
+from .stats import SampleRing
 
 __all__ = ["FakeClock", "Pacer", "Session", "SessionStats", "run"]
 
