@@ -92,10 +92,10 @@ _LAZY = {
     "mpify": ".process",
     "Robot": ".robot",
     "RobotState": ".robot",
-    "Pacer": ".session",
-    "Session": ".session",
-    "SessionStats": ".session",
-    "run": ".session",
+    "Pacer": ".pacing",
+    "Session": ".sync.session",
+    "SessionStats": ".stats",
+    "run": ".sync.session",
     "Simulator": ".sim",
 }
 
@@ -106,7 +106,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .server import FrankaRemoteController
     from .threads import CudaInferenceThread, async_input, asyncify
     from .robot import Robot, RobotState
-    from .session import Pacer, Session, SessionStats, run
+    from .pacing import Pacer
+    from .stats import SessionStats
+    from .sync.session import Session, run
     from .sim import Simulator
 
 

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["LatencyHistogram", "LoopStats", "SampleRing", "Summary"]
+__all__ = ["LatencyHistogram", "LoopStats", "SampleRing", "SessionStats", "Summary"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,3 +218,56 @@ class LoopStats:
         width = max(len(name) for name, _ in rows)
         lines = [f"== {title} =="] + [f"{name:<{width}}  {value}" for name, value in rows]
         return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionStats:
+    """A frozen snapshot of a paced loop's figures.
+
+    * ``iterations``: periods measured since the loop started, i.e. calls of
+      :meth:`Pacer.wait` that returned normally (not abandoned by a stop).
+      For a :class:`Session` this is ``step_count``, or one less when the
+      last step's wait was cut short by ``stop()``.
+    * ``overruns``: iterations that could not start on time. Precisely:
+      an iteration overruns when :meth:`Pacer.wait` is entered after the
+      deadline has passed (``clock() > deadline``), i.e. the work of the
+      iteration (observe, policy, act, plus whatever preempted it) took
+      longer than the time left before the next iteration was due. An
+      iteration that ends exactly on the deadline is not an overrun, and
+      neither is a sleep that woke up late (that shows as jitter).
+    * ``target_period_s``: ``1 / rate_hz``.
+    * ``avg_period_s``: mean period over the window.
+    * ``p50_jitter_s``, ``p95_jitter_s``, ``p99_jitter_s``,
+      ``max_jitter_s``: percentiles (numpy's default, linear interpolation)
+      and maximum of the jitter over the window, where the jitter of an
+      iteration is ``|actual period - target period|`` and its actual period
+      is the time from its start to the start of the next iteration.
+
+    ``iterations`` and ``overruns`` count since the start; the period and
+    jitter figures cover the newest ``window`` periods only (10,000 by
+    default). With no period measured yet they are ``nan``. Periods are
+    stored as integer nanoseconds.
+
+    >>> stats = SessionStats(3, 0, 0.02, 0.02, 0.0, 0.0, 0.0, 0.0)
+    >>> stats.to_dict()["iterations"]
+    3
+    """
+
+    iterations: int
+    overruns: int
+    target_period_s: float
+    avg_period_s: float
+    p50_jitter_s: float
+    p95_jitter_s: float
+    p99_jitter_s: float
+    max_jitter_s: float
+
+    def to_dict(self) -> dict:
+        """The figures as a plain ``dict`` (e.g. for JSON or a logger)."""
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.iterations} iterations, {self.overruns} overruns, period "
+                f"{1e3 * self.avg_period_s:.3f} ms (target {1e3 * self.target_period_s:.3f} ms), jitter "
+                f"p50 {1e6 * self.p50_jitter_s:.1f} p95 {1e6 * self.p95_jitter_s:.1f} "
+                f"p99 {1e6 * self.p99_jitter_s:.1f} max {1e6 * self.max_jitter_s:.1f} us")

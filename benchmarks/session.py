@@ -30,7 +30,9 @@ import time
 
 import numpy as np
 
-from aiofranka.session import Pacer, Session, SessionStats
+from aiofranka.pacing import Pacer
+from aiofranka.stats import SessionStats
+from aiofranka.sync.session import Session
 
 
 class TrivialRobot:

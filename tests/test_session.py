@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 import aiofranka
-from aiofranka.session import FakeClock, Pacer, Session, SessionStats
+import aiofranka.sync.session
+from aiofranka.pacing import FakeClock, Pacer
+from aiofranka.stats import SessionStats
+from aiofranka.sync.session import Session
 
 T = 0.02  # s, the period at 50 Hz
 
@@ -270,7 +273,7 @@ def test_empty_stats_and_to_dict():
 
 def test_exports():
     assert aiofranka.Session is Session and aiofranka.Pacer is Pacer and aiofranka.SessionStats is SessionStats
-    assert aiofranka.run is aiofranka.session.run
+    assert aiofranka.run is aiofranka.sync.session.run
 
 
 @pytest.mark.timing
@@ -620,7 +623,7 @@ def test_the_default_spin_runs_without_the_gil_and_an_injected_clock_keeps_pytho
 STARVE = textwrap.dedent("""
     import time
     import numpy as np
-    from aiofranka.session import Session
+    from aiofranka.sync.session import Session
 
     class Trivial:
         def __init__(self):
