@@ -1,11 +1,15 @@
-"""Pacing a loop to deadlines: the :class:`Pacer` (wall clock, a coarse sleep then a short
-spin) and :class:`FakeClock`, virtual time for testing pacing logic in zero wall time.
+"""Pacing a loop to deadlines, with one rule for the grid and one for a missed deadline.
 
+:class:`DeadlineGrid` is that rule, pure (no clock, no sleep): the :class:`Pacer`
+paces a thread with it on the wall clock (a coarse sleep, then a short spin), and
+``Controller.set_freq`` paces ``set()`` with it on the robot clock.
+:class:`FakeClock` is virtual time, so pacing logic is tested in zero wall time.
 See docs/session.md#pacing-pacer.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import threading
 import time
@@ -16,7 +20,7 @@ import numpy as np
 from . import validation
 from .stats import SampleRing, SessionStats
 
-__all__ = ["FakeClock", "Pacer"]
+__all__ = ["DeadlineGrid", "FakeClock", "Pacer"]
 
 _NS = 1_000_000_000
 
@@ -36,12 +40,94 @@ def _c_spin_until():
     return spin_until
 
 
-class FakeClock:
-    """Virtual time for a :class:`Pacer` (a testing aid, like trio's ``MockClock``).
+#: The rules :class:`DeadlineGrid` knows for a missed deadline.
+OVERRUN_RULES = ("restart", "skip")
 
-    The instance is the clock (call it for the time, in seconds) and
-    :meth:`sleep` advances it instantly, so rate and jitter logic runs in
-    zero wall time. Time never goes back.
+
+class DeadlineGrid:
+    """Deadlines one ``period`` apart, and a named rule for a missed one.
+
+    :attr:`due` is when the next iteration is due. A loop waits until then,
+    or, when its work ran past it (an *overrun*), starts at once; either way
+    it then calls :meth:`next_due` with the time ``now`` the iteration
+    started, and the grid moves on to ``due + period``. So the grid does not
+    drift, and an iteration that starts late (a sleep that woke up late)
+    shows as jitter without moving it. A deadline is *missed* when the work
+    ended after it (``next_due(now, overran=True)``), or when the iteration
+    started so late that the following deadline has passed too. Then
+    ``on_overrun`` says where the grid goes:
+
+    * ``"restart"``: to ``now + period``, the grid restarts from now
+      (the :class:`Pacer`);
+    * ``"skip"``: to the first tick of the grid after ``now``, dropping the
+      missed ticks and keeping the grid's phase (``Controller.set_freq``,
+      whose grid lies on the robot clock). With this rule ``overran`` makes
+      no difference.
+
+    Neither rule bursts back-to-back iterations to catch up. Times are in the
+    caller's unit (seconds for the Pacer, robot milliseconds for
+    ``set_freq``). The grid is pure: it reads no clock and never sleeps.
+
+    >>> grid = DeadlineGrid(10.0, on_overrun="skip", due=0.0)
+    >>> grid.next_due(0.0), grid.next_due(13.0), grid.next_due(47.0, overran=True)
+    (10.0, 20.0, 50.0)
+    >>> grid = DeadlineGrid(10.0, on_overrun="restart", due=0.0)
+    >>> grid.next_due(0.0), grid.next_due(13.0), grid.next_due(47.0, overran=True)
+    (10.0, 20.0, 57.0)
+    """
+
+    __slots__ = ("_period", "_restart", "_due")
+
+    def __init__(self, period: float, *, on_overrun: str, due: float = 0.0) -> None:
+        self._period = validation.real("period", period, minimum=0.0, strict=True)
+        if on_overrun not in OVERRUN_RULES:
+            raise ValueError(f"on_overrun must be one of {OVERRUN_RULES}, got {on_overrun!r}")
+        self._restart = on_overrun == "restart"
+        self._due = float(due)
+
+    @property
+    def period(self) -> float:
+        return self._period
+
+    @property
+    def on_overrun(self) -> str:
+        return "restart" if self._restart else "skip"
+
+    @property
+    def due(self) -> float:
+        """When the next iteration is due."""
+        return self._due
+
+    def reset(self, due: float) -> None:
+        """Start the grid again: the next iteration is due at ``due``."""
+        self._due = float(due)
+
+    def next_due(self, now: float, *, overran: bool = False) -> float:
+        """The iteration due at :attr:`due` started at ``now``: move on, return the new :attr:`due`.
+
+        ``overran``: the work ended after :attr:`due`, so the iteration
+        started at once instead of waiting.
+        """
+        period = self._period
+        following = self._due + period
+        if following > now and not (overran and self._restart):
+            self._due = following
+        elif self._restart:
+            self._due = now + period
+        else:
+            self._due = following + period * math.ceil((now - following) / period + 1e-9)
+        return self._due
+
+    def __repr__(self) -> str:
+        return f"DeadlineGrid(period={self._period!r}, on_overrun={self.on_overrun!r}, due={self._due!r})"
+
+
+class FakeClock:
+    """Virtual time for a :class:`Pacer` or a :class:`DeadlineGrid` (a testing aid, like trio's ``MockClock``).
+
+    The instance is the clock (call it for the time, in seconds, or in the
+    unit the code under test uses) and :meth:`sleep` advances it instantly,
+    so rate and jitter logic runs in zero wall time. Time never goes back.
 
     It starts at 1000 s rather than 0: differences of nearby floats are then
     exact, so a sleep of ``deadline - now`` lands exactly on ``deadline``.
@@ -82,8 +168,8 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> None:
         """Like ``time.sleep``: advance by ``seconds``, at once."""
-        self.sleeps.append(seconds)
         self.advance(seconds)
+        self.sleeps.append(seconds)
 
 
 class Pacer:
@@ -96,7 +182,7 @@ class Pacer:
 
     1. If the deadline has already passed (``clock() > deadline``), the
        iteration **overran** (see :class:`SessionStats`). ``wait`` returns at
-       once and the schedule moves on from now: the missed deadlines are
+       once and the schedule restarts from now: the missed deadlines are
        dropped and the next deadline is ``now + period``. So after a stall of
        several periods the loop runs one late iteration and then full
        periods again; it never bursts back-to-back iterations to catch up.
@@ -107,6 +193,8 @@ class Pacer:
        pacing: one ``sleep(deadline - now)``, no spin. The next deadline is
        ``deadline + period``, unless the sleep woke up so late that this too
        has passed, in which case it is ``now + period`` (no burst either).
+
+    That is a :class:`DeadlineGrid` with ``on_overrun="restart"``.
 
     ``wait`` returns the lateness in seconds: how long after its deadline the
     next iteration starts (for an overrun, how far past the deadline the work
@@ -136,7 +224,7 @@ class Pacer:
     """
 
     __slots__ = ("_period", "_period_ns", "_rate", "_spin", "_clock", "_spin_until", "_sleep", "_ring", "_lock",
-                 "_deadline", "_last_start", "_iterations", "_overruns")
+                 "_grid", "_last_start", "_iterations", "_overruns")
 
     def __init__(
         self,
@@ -164,6 +252,7 @@ class Pacer:
         self._sleep = sleep
         self._ring = SampleRing(_window(window))
         self._lock = threading.Lock()
+        self._grid = DeadlineGrid(self._period, on_overrun="restart")
         self.reset()
 
     @property
@@ -181,7 +270,7 @@ class Pacer:
     @property
     def deadline(self) -> float:
         """When the next iteration is due, in ``clock`` seconds."""
-        return self._deadline
+        return self._grid.due
 
     @property
     def iterations(self) -> int:
@@ -195,7 +284,7 @@ class Pacer:
         """Restart the schedule now (the first deadline is one period away) and clear the figures."""
         now = self._clock()
         with self._lock:
-            self._deadline = now + self._period
+            self._grid.reset(now + self._period)
             self._last_start = now
             self._iterations = 0
             self._overruns = 0
@@ -204,13 +293,11 @@ class Pacer:
     def wait(self) -> Optional[float]:
         """Return when the next iteration is due; the lateness in seconds (``None`` if abandoned)."""
         clock = self._clock
-        period = self._period
-        deadline = self._deadline
+        grid = self._grid
+        deadline = grid.due
         now = clock()
         overrun = now > deadline
-        if overrun:
-            self._deadline = now + period
-        else:
+        if not overrun:
             spin = self._spin
             if spin > 0.0:
                 coarse = deadline - spin - now
@@ -227,8 +314,7 @@ class Pacer:
                 if deadline > now and self._sleep(deadline - now):
                     return None
                 now = clock()
-            following = deadline + period
-            self._deadline = following if following > now else now + period
+        grid.next_due(now, overran=overrun)
         period_ns = round((now - self._last_start) * _NS)
         with self._lock:
             self._ring.push(period_ns)
