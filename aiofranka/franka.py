@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from . import validation
-from .exceptions import ControllerStateError
+from .exceptions import ControllerStateError, SessionStateError
 
 __all__ = ["Franka"]
 
@@ -110,8 +110,8 @@ class Franka:
         if loop is None or not controller.running:
             raise ControllerStateError("the controller is not running; start it before the session")
         if asyncio._get_running_loop() is loop:
-            raise RuntimeError("Franka blocks until the controller's event loop answers, and it was called "
-                               "from that loop's own thread; run the Session from another thread")
+            raise SessionStateError("Franka blocks until the controller's event loop answers, and it was called "
+                                    "from that loop's own thread; run the Session from another thread")
 
         async def call():
             result = fn(*args)

@@ -170,6 +170,23 @@ def test_check_health_chains_the_loops_exception():
     assert again.value.__cause__ is boom
 
 
+def test_session_errors_have_their_classes():
+    session = Session(Recorder(), hold, rate_hz=200, warmup_s=0.0)
+    session.start()
+    with pytest.raises(aiofranka.SessionStateError, match="already started"):
+        session.start()
+    session.stop()
+    with pytest.raises(aiofranka.SessionStateError, match="cannot be started again"):
+        session.start()
+
+    def policy(obs):
+        raise ValueError("policy exploded")
+
+    with pytest.raises(aiofranka.SessionLoopError, match="policy exploded") as info:
+        Session(Recorder(), policy, rate_hz=200, warmup_s=0.0).run(5.0)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
 def test_run_and_with_raise_the_loops_exception():
     class Broken(Recorder):
         def act(self, action):

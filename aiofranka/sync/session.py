@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Optional
 
 from .. import validation
+from ..exceptions import SessionLoopError, SessionStateError
 from ..pacing import Pacer
 from ..stats import SessionStats
 
@@ -39,7 +40,7 @@ def _refuse_in_event_loop(method: str) -> None:
         asyncio.get_running_loop()
     except RuntimeError:
         return
-    raise RuntimeError(
+    raise SessionStateError(
         f"Session.{method}() blocks, and it was called from the thread of a running asyncio event loop, "
         f"which it would stall (or deadlock); call it from a plain thread, e.g. "
         f"`await asyncio.to_thread(session.{method})`, or use the async Controller instead"
@@ -72,16 +73,17 @@ class Session:
       Session cannot be started again.
     * :meth:`run` starts (if needed), blocks for ``duration`` seconds (counted
       after the warm-up) or, with ``None``, until :meth:`stop` or Ctrl+C,
-      stops, and returns the :class:`SessionStats`. Ctrl+C stops cleanly and
+      stops, and returns the :class:`~aiofranka.SessionStats`. Ctrl+C stops cleanly and
       returns the figures rather than raising ``KeyboardInterrupt``.
     * If ``observe``, the policy or ``act`` raises, the loop ends and the
       exception is kept: :meth:`check_health` (and :meth:`run`, and leaving
-      the ``with`` block) raise ``RuntimeError`` from it.
+      the ``with`` block) raise :class:`~aiofranka.SessionLoopError` from it.
     * ``step_count``, ``is_running`` and ``stats`` can be read from any thread.
-    * ``start``, ``stop`` and ``run`` block, so they refuse (``RuntimeError``)
-      to run on the thread of a running asyncio event loop.
+    * ``start``, ``stop`` and ``run`` block, so they refuse
+      (:class:`~aiofranka.SessionStateError`) to run on the thread of a
+      running asyncio event loop.
 
-    Pacing is a :class:`Pacer` (absolute deadlines, a coarse sleep then a
+    Pacing is a :class:`~aiofranka.Pacer` (absolute deadlines, a coarse sleep then a
     ``spin_s`` spin, no catch-up after an overrun); ``window`` is the number
     of periods the jitter figures cover. The control thread drops a
     real-time scheduling policy it may have inherited (``SCHED_FIFO`` after
@@ -146,7 +148,7 @@ class Session:
 
     @property
     def stats(self) -> SessionStats:
-        """A frozen snapshot of the pacing figures (see :class:`SessionStats`)."""
+        """A frozen snapshot of the pacing figures (see :class:`~aiofranka.SessionStats`)."""
         return self._pacer.stats()
 
     # ---- lifecycle -------------------------------------------------------
@@ -156,9 +158,9 @@ class Session:
         _refuse_in_event_loop("start")
         with self._lock:
             if self._state == "stopped":
-                raise RuntimeError("this Session was stopped and cannot be started again; create a new Session")
+                raise SessionStateError("this Session was stopped and cannot be started again; create a new Session")
             if self._state != "new":
-                raise RuntimeError("this Session is already started")
+                raise SessionStateError("this Session is already started")
             self._state = "starting"
         try:
             from .. import threads  # noqa: F401 - imported here (asyncio & co.), not in the first period
@@ -218,10 +220,10 @@ class Session:
         return self.stats
 
     def check_health(self) -> None:
-        """Raise ``RuntimeError`` (from the original exception) if the loop failed."""
+        """Raise :class:`~aiofranka.SessionLoopError` (from the original exception) if the loop failed."""
         error = self._error
         if error is not None:
-            raise RuntimeError(f"the session's control loop failed: {type(error).__name__}: {error}") from error
+            raise SessionLoopError(f"the session's control loop failed: {type(error).__name__}: {error}") from error
 
     def __enter__(self) -> "Session":
         self.start()
@@ -284,8 +286,8 @@ def run(
 
     The same as ``Session(robot, policy, rate_hz, warmup_s).run(duration)``:
     resets the robot, waits ``warmup_s``, runs the loop in a thread, and
-    returns its :class:`SessionStats`. An exception from the loop is raised
-    as ``RuntimeError`` from it.
+    returns its :class:`~aiofranka.SessionStats`. An exception from the loop is raised
+    as :class:`~aiofranka.SessionLoopError` from it.
 
     >>> import numpy as np
     >>> class Still:
