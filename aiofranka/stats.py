@@ -19,7 +19,7 @@ __all__ = ["LatencyHistogram", "LoopStats", "SampleRing", "SessionStats", "Summa
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """Percentiles of a window of samples, in microseconds."""
+    """A distribution of durations: its count, median, 99th percentile, maximum and mean, in microseconds."""
 
     count: int
     p50_us: float
@@ -31,6 +31,18 @@ class Summary:
     def empty(cls) -> "Summary":
         nan = float("nan")
         return cls(0, nan, nan, nan, nan)
+
+    @classmethod
+    def from_ns(cls, values: np.ndarray) -> "Summary":
+        """The summary of integer-nanosecond samples (numpy's percentiles, linear interpolation)."""
+        if values.size == 0:
+            return cls.empty()
+        us = values / 1000.0
+        p50, p99 = np.percentile(us, [50, 99])
+        return cls(int(values.size), float(p50), float(p99), float(us.max()), float(us.mean()))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     def __str__(self) -> str:
         return f"p50 {self.p50_us:7.1f}  p99 {self.p99_us:7.1f}  max {self.max_us:8.1f} us"
@@ -77,12 +89,7 @@ class SampleRing:
         return np.concatenate((self._buf[self._index:], self._buf[: self._index]))
 
     def summary(self) -> Summary:
-        values = self.values()
-        if values.size == 0:
-            return Summary.empty()
-        us = values / 1000.0
-        p50, p99 = np.percentile(us, [50, 99])
-        return Summary(int(values.size), float(p50), float(p99), float(us.max()), float(us.mean()))
+        return Summary.from_ns(self.values())
 
 
 class LatencyHistogram:
@@ -237,9 +244,8 @@ class SessionStats:
       neither is a sleep that woke up late (that shows as jitter).
     * ``target_period_s``: ``1 / rate_hz``.
     * ``avg_period_s``: mean period over the window.
-    * ``p50_jitter_s``, ``p95_jitter_s``, ``p99_jitter_s``,
-      ``max_jitter_s``: percentiles (numpy's default, linear interpolation)
-      and maximum of the jitter over the window, where the jitter of an
+    * ``jitter``: a :class:`Summary` (µs; numpy's percentiles, linear
+      interpolation) of the jitter over the window, where the jitter of an
       iteration is ``|actual period - target period|`` and its actual period
       is the time from its start to the start of the next iteration.
 
@@ -248,19 +254,16 @@ class SessionStats:
     default). With no period measured yet they are ``nan``. Periods are
     stored as integer nanoseconds.
 
-    >>> stats = SessionStats(3, 0, 0.02, 0.02, 0.0, 0.0, 0.0, 0.0)
-    >>> stats.to_dict()["iterations"]
-    3
+    >>> stats = SessionStats(3, 0, 0.02, 0.02, Summary(3, 0.0, 0.0, 0.0, 0.0))
+    >>> stats.to_dict()["jitter"]["max_us"]
+    0.0
     """
 
     iterations: int
     overruns: int
     target_period_s: float
     avg_period_s: float
-    p50_jitter_s: float
-    p95_jitter_s: float
-    p99_jitter_s: float
-    max_jitter_s: float
+    jitter: Summary
 
     def to_dict(self) -> dict:
         """The figures as a plain ``dict`` (e.g. for JSON or a logger)."""
@@ -269,5 +272,4 @@ class SessionStats:
     def __str__(self) -> str:
         return (f"{self.iterations} iterations, {self.overruns} overruns, period "
                 f"{1e3 * self.avg_period_s:.3f} ms (target {1e3 * self.target_period_s:.3f} ms), jitter "
-                f"p50 {1e6 * self.p50_jitter_s:.1f} p95 {1e6 * self.p95_jitter_s:.1f} "
-                f"p99 {1e6 * self.p99_jitter_s:.1f} max {1e6 * self.max_jitter_s:.1f} us")
+                f"p50 {self.jitter.p50_us:.1f} p99 {self.jitter.p99_us:.1f} max {self.jitter.max_us:.1f} us")

@@ -149,7 +149,7 @@ class Session:
     @property
     def stats(self) -> SessionStats:
         """A frozen snapshot of the pacing figures (see :class:`~aiofranka.SessionStats`)."""
-        return self._pacer.stats()
+        return self._pacer.stats
 
     # ---- lifecycle -------------------------------------------------------
 
