@@ -181,7 +181,7 @@ class Pacer:
     returns when the next iteration is due:
 
     1. If the deadline has already passed (``clock() > deadline``), the
-       iteration **overran** (see :class:`SessionStats`). ``wait`` returns at
+       iteration **overran** (see :class:`~aiofranka.SessionStats`). ``wait`` returns at
        once and the schedule restarts from now: the missed deadlines are
        dropped and the next deadline is ``now + period``. So after a stall of
        several periods the loop runs one late iteration and then full
