@@ -27,11 +27,15 @@ from .exceptions import (
     RemoteTraceback,
     RobotConnectionError,
     RobotError,
+    SessionError,
+    SessionLoopError,
+    SessionStateError,
     SimulatorError,
     WorkerCrashedError,
     WorkerStoppedError,
 )
-from .timing import LoopStats, Summary, WakeupReport, probe_wakeups
+from .probe import WakeupReport, probe_wakeups
+from .stats import LoopStats, Summary
 
 __version__ = "0.1.0"
 
@@ -63,6 +67,9 @@ __all__ = [
     "RobotError",
     "RobotState",
     "Session",
+    "SessionError",
+    "SessionLoopError",
+    "SessionStateError",
     "SessionStats",
     "Simulator",
     "SimulatorError",
@@ -91,10 +98,10 @@ _LAZY = {
     "mpify": ".process",
     "Robot": ".robot",
     "RobotState": ".robot",
-    "Pacer": ".session",
-    "Session": ".session",
-    "SessionStats": ".session",
-    "run": ".session",
+    "Pacer": ".pacing",
+    "Session": ".sync.session",
+    "SessionStats": ".stats",
+    "run": ".sync.session",
     "Simulator": ".sim",
 }
 
@@ -105,7 +112,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .server import FrankaRemoteController
     from .threads import CudaInferenceThread, async_input, asyncify
     from .robot import Robot, RobotState
-    from .session import Pacer, Session, SessionStats, run
+    from .pacing import Pacer
+    from .stats import SessionStats
+    from .sync.session import Session, run
     from .sim import Simulator
 
 

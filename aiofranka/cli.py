@@ -36,7 +36,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import os
 
-    from .timing import probe_wakeups
+    from .probe import probe_wakeups
 
     priority = None if args.priority == 0 else args.priority
     if priority is not None and hasattr(os, "geteuid") and os.geteuid() != 0:

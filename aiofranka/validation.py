@@ -7,11 +7,14 @@ holds can never be changed under it, and raises ``ValueError`` (or
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from . import limits
 
-__all__ = ["gains", "joint_positions", "pose", "positive", "torques", "vector"]
+__all__ = ["gains", "joint_positions", "pose", "positive", "real", "torques", "vector"]
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -96,4 +99,16 @@ def positive(name: str, value, *, upper: float | None = None) -> float:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     if upper is not None and number > upper:
         raise ValueError(f"{name} must be at most {upper}, got {value!r}")
+    return number
+
+
+def real(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
+    """A finite real number (not a bool, not a string), at least ``minimum`` (``strict``: above it)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (number <= minimum if strict else number < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
     return number

@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 from aiofranka import Controller, Robot, limits
-from aiofranka.timing import SampleRing
+from aiofranka.stats import SampleRing
 
 
 def row(name, cycles, lost, success, compute, robot_s, wall_s, extra=""):

@@ -28,7 +28,7 @@ Usage::
                                  [--torch-threads 1] [--share-rounds 2]
 
 Before section 2 and after section 3, a C thread sleeping to 1 ms deadlines
-(:func:`aiofranka.timing.probe_wakeups`, at the loop's priority) measures the
+(:func:`aiofranka.probe.probe_wakeups`, at the loop's priority) measures the
 machine floor: wake-ups more than a period late are cycles that no loop, of
 any design, would keep against a real robot on this machine at that moment
 (the simulator stalls with the machine, so it charges far fewer).
@@ -671,7 +671,7 @@ def print_summary(threads, processes, policies, shares, mlp, legacy, floors) -> 
 async def machine_floor(seconds: float, when: str) -> dict:
     """What the machine does to a bare periodic sleeper (C, no Python, the
     loop thread's priority): the lost cycles no loop design can avoid here."""
-    from aiofranka.timing import probe_wakeups
+    from aiofranka.probe import probe_wakeups
 
     priority = 80 if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     progress(f"machine floor {when}: a C thread sleeping to 1 ms deadlines ({seconds:g} s)...")

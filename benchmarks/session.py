@@ -30,7 +30,9 @@ import time
 
 import numpy as np
 
-from aiofranka.session import Pacer, Session, SessionStats
+from aiofranka.pacing import Pacer
+from aiofranka.stats import SessionStats
+from aiofranka.sync.session import Session
 
 
 class TrivialRobot:
@@ -65,7 +67,7 @@ def paced_loop(rate: float, seconds: float, spin_s: float) -> tuple[SessionStats
         robot.act(policy(robot.observe()))
         pacer.wait()
     cpu = (time.thread_time() - cpu0) / (time.perf_counter() - wall0)
-    return pacer.stats(), cpu
+    return pacer.stats, cpu
 
 
 def session_loop(rate: float, seconds: float) -> tuple[SessionStats, float]:
@@ -81,7 +83,7 @@ def session_loop(rate: float, seconds: float) -> tuple[SessionStats, float]:
 
 def row(rate: float, mode: str, stats: SessionStats, cpu: float) -> str:
     return (f"{rate:>6.0f} {mode:<8} {stats.iterations:>7} {stats.overruns:>8} "
-            f"{1e6 * stats.p50_jitter_s:>8.1f} {1e6 * stats.p99_jitter_s:>8.1f} {1e6 * stats.max_jitter_s:>9.1f} "
+            f"{stats.jitter.p50_us:>8.1f} {stats.jitter.p99_us:>8.1f} {stats.jitter.max_us:>9.1f} "
             f"{100 * cpu:>6.0f}%")
 
 

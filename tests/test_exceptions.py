@@ -71,3 +71,28 @@ def test_errors_keep_their_fields_across_processes(error):
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and str(copy) == str(error)
     assert {k: v for k, v in vars(copy).items()} == {k: v for k, v in vars(error).items()}
+
+
+def test_every_exported_error_is_drawn_in_the_tree_and_listed():
+    from aiofranka import exceptions
+
+    drawn = exceptions.__doc__
+    for name in exceptions.__all__:
+        value = getattr(exceptions, name)
+        if isinstance(value, type) and issubclass(value, aiofranka.AiofrankaError):
+            assert f"── {name} " in drawn or f"    {name}\n" in drawn, name
+            assert getattr(aiofranka, name) is value and name in aiofranka.__all__, name
+    for name, value in vars(exceptions).items():
+        if isinstance(value, type) and issubclass(value, aiofranka.AiofrankaError):
+            assert name in exceptions.__all__, name
+    assert exceptions.__all__ == sorted(exceptions.__all__)
+
+
+def test_session_errors_are_runtime_errors_too():
+    assert issubclass(aiofranka.CallTimeoutError, aiofranka.OffloadError)
+    assert issubclass(aiofranka.CallTimeoutError, TimeoutError)
+    for name in ("SessionStateError", "SessionLoopError"):
+        error = getattr(aiofranka, name)
+        assert issubclass(error, aiofranka.SessionError)
+    assert issubclass(aiofranka.SessionError, aiofranka.AiofrankaError)
+    assert issubclass(aiofranka.SessionError, RuntimeError)  # `except RuntimeError` keeps working

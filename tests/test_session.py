@@ -1,4 +1,4 @@
-"""Session, Pacer and SessionStats: pacing logic in virtual time, the lifecycle in (short) real time."""
+"""Session and run: the lifecycle, errors and threads in (short) real time (pacing logic: test_pacing.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import aiofranka
-from aiofranka.session import FakeClock, Pacer, Session, SessionStats
-
-T = 0.02  # s, the period at 50 Hz
+import aiofranka.sync.session
+from aiofranka.pacing import Pacer
+from aiofranka.stats import SessionStats
+from aiofranka.sync.session import Session
 
 
 # --------------------------------------------------------------------------
@@ -70,207 +71,13 @@ def no_leaked_threads():
         time.sleep(0.01)
     assert extra() == []
 
-
-def paced(work: np.ndarray, *, window: int = 10_000, rate_hz: float = 50) -> tuple[Pacer, np.ndarray]:
-    """Run ``work`` (seconds per iteration) through a Pacer on a FakeClock; return it and the start times."""
-    clock = FakeClock()
-    pacer = Pacer(rate_hz, spin_s=0.0, window=window, clock=clock, sleep=clock.sleep)
-    starts = [clock()]
-    for w in work:
-        clock.advance(float(w))
-        pacer.wait()
-        starts.append(clock())
-    return pacer, np.array(starts)
-
-
-def expected_stats(periods: np.ndarray, target: float) -> dict:
-    jitter = np.abs(periods - target)
-    return {
-        "avg_period_s": periods.mean(),
-        "p50_jitter_s": np.percentile(jitter, 50),
-        "p95_jitter_s": np.percentile(jitter, 95),
-        "p99_jitter_s": np.percentile(jitter, 99),
-        "max_jitter_s": jitter.max(),
-    }
-
-
-def assert_matches(stats: SessionStats, expected: dict) -> None:
-    for name, value in expected.items():  # periods are kept as integer ns: equal to the nanosecond
-        assert getattr(stats, name) == pytest.approx(value, abs=2e-9), name
-
-
-# --------------------------------------------------------------------------
-# Pacer, in virtual time
-# --------------------------------------------------------------------------
-
-def test_plain_sleep_pacing_sleeps_to_the_absolute_deadline():
-    clock = FakeClock()
-    pacer = Pacer(50, spin_s=0.0, clock=clock, sleep=clock.sleep)
-    t0 = clock()
-    for k in range(1, 6):
-        clock.advance(0.003 * k)  # work of varying length
-        assert pacer.wait() == 0.0
-        assert clock() == pytest.approx(t0 + k * T, abs=1e-12)  # no drift: absolute deadlines
-    assert clock.sleeps == pytest.approx([T - 0.003 * k for k in range(1, 6)])
-    assert pacer.overruns == 0
-    assert pacer.iterations == 5
-
-
-def test_hybrid_pacing_sleeps_coarsely_then_spins_to_the_deadline():
-    clock = FakeClock(read_step_s=1e-6)  # each reading takes 1 us, so the spin ends
-    pacer = Pacer(50, spin_s=0.0012, clock=clock, sleep=clock.sleep)
-    start = pacer.deadline - T
-    clock.advance(0.005)
-    lateness = pacer.wait()
-    assert clock.sleeps[-1] == pytest.approx(T - 0.0012 - 0.005, abs=1e-5)
-    assert 0.0 <= lateness <= 1e-6
-    assert clock.now - start == pytest.approx(T, abs=2e-6)
-    # Beyond 1/spin_s it never sleeps: it spins the whole period.
-    fast = Pacer(1000, spin_s=0.0012, clock=clock, sleep=clock.sleep)
-    sleeps = len(clock.sleeps)
-    assert 0.0 <= fast.wait() <= 1e-6
-    assert len(clock.sleeps) == sleeps
-
-
-def test_no_catch_up_burst_after_a_stall():
-    clock = FakeClock()
-    pacer = Pacer(50, spin_s=0.0, clock=clock, sleep=clock.sleep)
-    for _ in range(3):
-        clock.advance(0.001)
-        pacer.wait()
-    deadline = pacer.deadline
-    clock.advance(5 * T)  # the work stalls for 5 periods
-    stall_end = clock.now
-    lateness = pacer.wait()
-    assert lateness == pytest.approx(stall_end - deadline)
-    assert clock.now == stall_end  # the late iteration starts at once...
-    assert pacer.deadline == pytest.approx(stall_end + T)  # ...and the schedule moves on from now
-    starts = [stall_end]
-    for _ in range(5):
-        clock.advance(0.001)
-        pacer.wait()
-        starts.append(clock.now)
-    assert np.diff(starts) == pytest.approx([T] * 5, abs=1e-12)  # full periods, not back to back
-    assert pacer.overruns == 1
-
-
-def test_a_very_late_wakeup_moves_the_schedule_on_without_an_overrun():
-    clock = FakeClock()
-    extra = iter([0.0, 3.5 * T] + [0.0] * 10)
-    pacer = Pacer(50, spin_s=0.0, clock=clock, sleep=lambda s: clock.sleep(s + next(extra)))
-    clock.advance(0.001)
-    pacer.wait()
-    clock.advance(0.001)
-    assert pacer.wait() == pytest.approx(3.5 * T)  # woke 3.5 periods late
-    woke = clock.now
-    starts = [woke]
-    for _ in range(4):
-        clock.advance(0.001)
-        pacer.wait()
-        starts.append(clock.now)
-    assert np.diff(starts) == pytest.approx([T] * 4, abs=1e-12)
-    assert pacer.overruns == 0  # late wake-ups show as jitter, not as overruns
-    assert pacer.stats().max_jitter_s == pytest.approx(3.5 * T, abs=2e-9)
-
-
-def test_overrun_means_the_work_ended_after_the_deadline():
-    clock = FakeClock()
-    pacer = Pacer(50, spin_s=0.0, clock=clock, sleep=clock.sleep)
-    clock.advance(T - 1e-6)  # ends just before the deadline
-    pacer.wait()
-    assert pacer.overruns == 0
-    clock.advance(T)  # ends exactly on the deadline: the next iteration starts on time
-    assert pacer.wait() == 0.0
-    assert pacer.overruns == 0
-    clock.advance(T + 1e-6)  # ends after it
-    assert pacer.wait() == pytest.approx(1e-6)
-    assert pacer.overruns == 1
-    stats = pacer.stats()
-    assert stats.iterations == 3 and stats.overruns == 1
-
-
-def test_an_abandoned_sleep_records_nothing():
-    clock = FakeClock()
-    pacer = Pacer(50, spin_s=0.0, clock=clock, sleep=lambda s: True)  # like Event.wait once set
-    deadline = pacer.deadline
-    assert pacer.wait() is None
-    assert pacer.deadline == deadline
-    assert pacer.iterations == 0
-
-
-# --------------------------------------------------------------------------
-# SessionStats
-# --------------------------------------------------------------------------
-
-def test_stats_percentiles_equal_numpys_on_a_known_sequence():
-    rng = np.random.default_rng(3)
-    work = rng.uniform(0.2 * T, 3 * T, size=500)
-    pacer, starts = paced(work)
-    periods = np.maximum(work, T)  # the known sequence: a full period, or the overrunning work
-    assert np.diff(starts) == pytest.approx(periods, abs=1e-12)
-    stats = pacer.stats()
-    assert stats.iterations == 500
-    assert stats.overruns == int(np.sum(work > T))
-    assert stats.target_period_s == T
-    assert_matches(stats, expected_stats(periods, T))
-
-
-def test_stats_percentiles_with_late_wakeups_on_both_sides():
-    rng = np.random.default_rng(5)
-    extra = rng.uniform(0.0, 0.4 * T, size=300)
-    clock = FakeClock()
-    late = iter(extra)
-    pacer = Pacer(50, spin_s=0.0, clock=clock, sleep=lambda s: clock.sleep(s + next(late)))
-    t0 = clock()
-    for _ in extra:
-        clock.advance(0.1 * T)
-        pacer.wait()
-    starts = t0 + T * np.arange(301) + np.concatenate(([0.0], extra))  # deadline k + its late wake-up
-    periods = np.diff(starts)  # shorter and longer than T
-    assert (periods < T).any() and (periods > T).any()
-    assert clock.now == pytest.approx(starts[-1], abs=1e-9)
-    assert_matches(pacer.stats(), expected_stats(periods, T))
-
-
-def test_stats_cover_only_the_newest_10000_periods():
-    rng = np.random.default_rng(11)
-    old = np.full(2_000, 5 * T)  # 2,000 big overruns first (jitter 4 T)...
-    new = rng.uniform(0.1 * T, 2 * T, size=10_000)  # ...then 10,000 ordinary iterations
-    pacer, _ = paced(np.concatenate((old, new)))
-    stats = pacer.stats()
-    assert stats.iterations == 12_000
-    assert stats.overruns == 2_000 + int(np.sum(new > T))  # counts are since the start
-    assert stats.max_jitter_s < 4 * T - 1e-6  # the old periods are out of the window
-    assert_matches(stats, expected_stats(np.maximum(new, T), T))
-
-
-def test_window_is_configurable():
-    pacer, _ = paced(np.concatenate((np.full(5, 3 * T), np.full(100, 0.5 * T))), window=100)
-    stats = pacer.stats()
-    assert stats.max_jitter_s == 0.0 and stats.avg_period_s == pytest.approx(T)
-
-
-def test_empty_stats_and_to_dict():
-    stats = Pacer(50).stats()
-    assert stats.iterations == 0 and stats.overruns == 0
-    assert math.isnan(stats.p99_jitter_s) and math.isnan(stats.avg_period_s)
-    pacer, _ = paced([0.001, 0.001])
-    as_dict = pacer.stats().to_dict()
-    assert list(as_dict) == ["iterations", "overruns", "target_period_s", "avg_period_s", "p50_jitter_s",
-                             "p95_jitter_s", "p99_jitter_s", "max_jitter_s"]
-    assert as_dict["iterations"] == 2
-    with pytest.raises(AttributeError):
-        pacer.stats().iterations = 3  # frozen
-    assert "iterations" in str(pacer.stats())
-
-
 # --------------------------------------------------------------------------
 # Session: lifecycle
 # --------------------------------------------------------------------------
 
 def test_exports():
     assert aiofranka.Session is Session and aiofranka.Pacer is Pacer and aiofranka.SessionStats is SessionStats
-    assert aiofranka.run is aiofranka.session.run
+    assert aiofranka.run is aiofranka.sync.session.run
 
 
 @pytest.mark.timing
@@ -361,6 +168,23 @@ def test_check_health_chains_the_loops_exception():
     with pytest.raises(RuntimeError) as again:  # the error stays
         session.check_health()
     assert again.value.__cause__ is boom
+
+
+def test_session_errors_have_their_classes():
+    session = Session(Recorder(), hold, rate_hz=200, warmup_s=0.0)
+    session.start()
+    with pytest.raises(aiofranka.SessionStateError, match="already started"):
+        session.start()
+    session.stop()
+    with pytest.raises(aiofranka.SessionStateError, match="cannot be started again"):
+        session.start()
+
+    def policy(obs):
+        raise ValueError("policy exploded")
+
+    with pytest.raises(aiofranka.SessionLoopError, match="policy exploded") as info:
+        Session(Recorder(), policy, rate_hz=200, warmup_s=0.0).run(5.0)
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 def test_run_and_with_raise_the_loops_exception():
@@ -610,17 +434,10 @@ def test_ctrl_c_stops_cleanly_and_returns_the_stats(tmp_path):
     assert lines["TORCH"] == "False"
     assert lines["THREADS"] == "['MainThread']"
 
-
-def test_the_default_spin_runs_without_the_gil_and_an_injected_clock_keeps_python():
-    assert Pacer(50)._spin_until is not None
-    clock = FakeClock()
-    assert Pacer(50, clock=clock, sleep=clock.sleep)._spin_until is None
-
-
 STARVE = textwrap.dedent("""
     import time
     import numpy as np
-    from aiofranka.session import Session
+    from aiofranka.sync.session import Session
 
     class Trivial:
         def __init__(self):

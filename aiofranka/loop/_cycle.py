@@ -20,7 +20,7 @@ import time
 
 from .. import _kernel, validation
 from ..exceptions import AiofrankaError, ControlLawError, ControllerStoppedError, EventLoopStallError, translate
-from ..timing import LatencyHistogram, LoopStats
+from ..stats import LatencyHistogram, LoopStats
 from .command import IMPEDANCE, MODES, OSC, TORQUE, Commands
 from ._schedule import Schedule
 

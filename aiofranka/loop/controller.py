@@ -18,8 +18,9 @@ import numpy as np
 
 from .. import _os, limits, validation
 from ..exceptions import ControllerStateError, ControllerStoppedError, MotionTimeoutError, translate
+from ..pacing import DeadlineGrid
 from ..robot import Robot, RobotState
-from ..timing import LoopStats  # noqa: F401 - the type of stats
+from ..stats import LoopStats  # noqa: F401 - the type of stats
 from . import command
 from ._bridge import call_on_loop
 from ._cycle import Cycle, user_error
@@ -139,7 +140,7 @@ class Controller:
         self._error: BaseException | None = None
         self._closed = False
         self._set_period_ms: float | None = None
-        self._next_set_ms: float | None = None
+        self._set_grid: DeadlineGrid | None = None
         self._switch_interval_in_force = switch_interval
         self._loop_sched_saved: tuple | None = None
         self._guardian: Guardian | None = None
@@ -247,6 +248,11 @@ class Controller:
     def error(self) -> BaseException | None:
         """The error that ended the last session, until :meth:`stop` raises it (else ``None``)."""
         return self._error
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the controller last started on (``None`` before the first start)."""
+        return self._loop
 
     @property
     def moving(self) -> bool:
@@ -396,7 +402,7 @@ class Controller:
             self._set_period_ms = None
         else:
             self._set_period_ms = 1000.0 / validation.positive("hz", hz, upper=1000.0)
-        self._next_set_ms = None
+        self._set_grid = None
 
     async def set(self, name: str, value) -> None:
         """Validate and publish a gain or target, paced by :meth:`set_freq`.
@@ -414,14 +420,14 @@ class Controller:
         period = self._set_period_ms
         if period is not None:
             now = self._buf.time_ms
-            tick = self._next_set_ms if self._next_set_ms is not None else float(now)
-            if tick > now:
-                await self._await_loop(self._cycle.wait_until(tick))
-            now = self._buf.time_ms
-            tick += period
-            if tick <= now:  # overran: skip the ticks already missed
-                tick += period * math.ceil((now - tick) / period + 1e-9)
-            self._next_set_ms = tick
+            grid = self._set_grid
+            if grid is None:  # the first call after set_freq() anchors the grid
+                grid = self._set_grid = DeadlineGrid(period, on_overrun="skip", due=now)
+            overran = not grid.due > now
+            if not overran:
+                await self._await_loop(self._cycle.wait_until(grid.due))
+                now = self._buf.time_ms
+            grid.next_due(now, overran=overran)
         self.assign(name, array)
 
     # -- motion ----------------------------------------------------------------
