@@ -81,14 +81,14 @@ __all__ = [
 
 _LAZY = {
     "Controller": ".controller",
-    "CudaInferenceThread": ".threads",
+    "CudaInferenceThread": ".offload",
     "Franka": ".franka",
     "FrankaRemoteController": ".server",
-    "ProcessProxy": ".process",
-    "ampify": ".process",
-    "async_input": ".threads",
-    "asyncify": ".threads",
-    "mpify": ".process",
+    "ProcessProxy": ".offload",
+    "ampify": ".offload",
+    "async_input": ".offload",
+    "asyncify": ".offload",
+    "mpify": ".offload",
     "Robot": ".robot",
     "RobotState": ".robot",
     "Pacer": ".session",
@@ -101,9 +101,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import Controller
     from .franka import Franka
-    from .process import ProcessProxy, ampify, mpify
+    from .offload import CudaInferenceThread, ProcessProxy, ampify, async_input, asyncify, mpify
     from .server import FrankaRemoteController
-    from .threads import CudaInferenceThread, async_input, asyncify
     from .robot import Robot, RobotState
     from .session import Pacer, Session, SessionStats, run
     from .sim import Simulator

@@ -42,7 +42,7 @@ from .exceptions import (
 )
 from .guardian import Guardian, watch_gc
 from .robot import Robot, RobotState
-from .threads import restore_thread_scheduling, thread_scheduling
+from ._os import fifo_priority, is_normal, promote, restore_thread_scheduling, thread_scheduling
 from .timing import LatencyHistogram, LoopStats
 from .trajectory import plan_joint_motion
 
@@ -557,10 +557,10 @@ class Controller:
         if priority is None:
             return
         saved = thread_scheduling(threading.get_native_id())
-        if saved is None or saved[1] & ~getattr(os, "SCHED_RESET_ON_FORK", 0) != os.SCHED_OTHER:
+        if saved is None or not is_normal():
             return  # already real-time (or batch/idle on purpose): leave it
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+            promote(priority, reset_on_fork=True)
             self._loop_sched_saved = saved
         except (OSError, AttributeError):  # not permitted here: stay as we are
             pass
@@ -572,12 +572,9 @@ class Controller:
     def _start_guardian(self, loop) -> None:
         self._guard_running = True
         watch_gc(True)
-        priority = None
-        try:
-            if os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO:
-                priority = min(99, os.sched_getparam(0).sched_priority + 1)  # above the loop and user threads
-        except (OSError, AttributeError):
-            pass
+        priority = fifo_priority()
+        if priority is not None:
+            priority = min(99, priority + 1)  # above the loop and user threads
         self._guardian = Guardian(self, threshold_ns=self._stall_threshold_ns, loop=loop,
                                   loop_thread_id=threading.get_ident(), rt_priority=priority,
                                   takeover=self._takeover, log_stalls=self._on_stall != "silent",
@@ -592,12 +589,8 @@ class Controller:
         layout = robot.direct_layout()
         if isinstance(layout, str):
             return
-        priority = 0
-        try:
-            if os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO:
-                priority = min(99, os.sched_getparam(0).sched_priority + 2)  # above the guardian
-        except (OSError, AttributeError):
-            pass
+        priority = fifo_priority()
+        priority = 0 if priority is None else min(99, priority + 2)  # above the guardian
         pf = robot._pf
         errors = (pf.ControlException, pf.NetworkException, getattr(pf, "FrankaException", RuntimeError))
         try:
