@@ -412,7 +412,7 @@ class FrankaRemoteController:
         self._closed = True
         proxy = self._proxy
         try:
-            if proxy is not None and proxy.alive:
+            if proxy is not None and proxy.running:
                 try:
                     proxy.call_sync_timeout(20.0, "close")
                 except Exception:  # noqa: BLE001 - ending the child regardless
@@ -460,7 +460,7 @@ class FrankaRemoteController:
         """
         if self._closed:
             raise ControllerStateError("this FrankaRemoteController was closed; create a new one")
-        if not self._proxy.alive:
+        if not self._proxy.running:
             raise WorkerCrashedError(f"the server process (pid {self._child_pid}) is gone")
         if self._view[_STATUS] != _RUNNING:
             return self._call("state")
