@@ -40,7 +40,7 @@ from ._wire import (
     unpack_frame,
 )
 
-__all__ = ["ProcessProxy", "ProxyStats", "death_reason", "running_loop"]
+__all__ = ["ProcessProxy", "ProxyStats", "running_loop"]
 
 _STARTING, _RUNNING, _CRASHED, _STOPPING, _STOPPED = "starting", "running", "crashed", "stopping", "stopped"
 
@@ -49,7 +49,7 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
     return asyncio._get_running_loop()  # None outside a running loop, without raising
 
 
-def death_reason(pid: int, code: int | None, before_ready: bool = False) -> str:
+def _death_reason(pid: int, code: int | None, before_ready: bool = False) -> str:
     if code is None:
         how = "closed its pipe"
     elif code < 0:
@@ -350,7 +350,7 @@ class ProcessProxy:
         if crashed:  # the readers report the death of the child with its exit code
             self._dying = True
             if self._poll_exitcode() is not None:
-                raise WorkerCrashedError(death_reason(self._pid, self._exitcode))
+                raise WorkerCrashedError(_death_reason(self._pid, self._exitcode))
             raise WorkerCrashedError(f"the mpify child process (pid {self._pid}) is exiting")
 
     def _send_locked(self, kind: int, rid: int, data, segment=None) -> None:
@@ -605,7 +605,7 @@ class ProcessProxy:
     def _give_up_on_exit(self) -> None:
         if self._state in (_STARTING, _RUNNING):
             self._kill()  # it closed its pipe: useless, and it must not linger
-            self._mark_dead(death_reason(self._pid, self._poll_exitcode(), self._state == _STARTING))
+            self._mark_dead(_death_reason(self._pid, self._poll_exitcode(), self._state == _STARTING))
 
     def _child_exited(self, attempt: int = 0) -> None:
         """The process ended: deliver what it wrote, fail the rest, clean up its segments."""
@@ -627,7 +627,7 @@ class ProcessProxy:
             time.sleep(0.002)  # a blocking caller
             self._child_exited(attempt + 1)
             return
-        self._mark_dead(death_reason(self._pid, code, self._state == _STARTING))
+        self._mark_dead(_death_reason(self._pid, code, self._state == _STARTING))
         if code is not None and self._state == _CRASHED:
             self._pool.unlink_all()
             self._peer.close_all()
