@@ -88,14 +88,14 @@ __all__ = [
 
 _LAZY = {
     "Controller": ".loop.controller",
-    "CudaInferenceThread": ".threads",
+    "CudaInferenceThread": ".offload",
     "Franka": ".franka",
     "FrankaRemoteController": ".server",
-    "ProcessProxy": ".process",
-    "ampify": ".process",
-    "async_input": ".threads",
-    "asyncify": ".threads",
-    "mpify": ".process",
+    "ProcessProxy": ".offload",
+    "ampify": ".offload",
+    "async_input": ".offload",
+    "asyncify": ".offload",
+    "mpify": ".offload",
     "Robot": ".robot",
     "RobotState": ".robot",
     "Pacer": ".pacing",
@@ -108,9 +108,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .loop.controller import Controller
     from .franka import Franka
-    from .process import ProcessProxy, ampify, mpify
+    from .offload import CudaInferenceThread, ProcessProxy, ampify, async_input, asyncify, mpify
     from .server import FrankaRemoteController
-    from .threads import CudaInferenceThread, async_input, asyncify
     from .robot import Robot, RobotState
     from .pacing import Pacer
     from .stats import SessionStats

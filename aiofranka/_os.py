@@ -1,7 +1,13 @@
-"""Process and thread settings the loop changes for a session, and puts back.
+"""Thread scheduling and process-wide interpreter settings: the one place that changes them.
 
-Thread scheduling (save, promote, restore), the interpreter's switch
-interval and the garbage collector's freeze; see docs/timing.md.
+Thread policies (read, promote, demote, restore), the switch interval and the
+garbage collector's freeze that the loop sets for a session and puts back.
+
+pylibfranka promotes the thread that connects to SCHED_FIFO 99 and threads inherit their
+creator's policy, so every thread aiofranka starts or serves from decides its policy here
+(see docs/controller.md#scheduling and docs/guardian.md#priority). ``tid`` is a native thread id
+(``threading.get_native_id()``); 0 is the calling thread. ``SCHED_RESET_ON_FORK`` is ignored
+when a policy is read.
 """
 
 from __future__ import annotations
@@ -11,50 +17,143 @@ import os
 import sys
 import threading
 
-from .threads import restore_thread_scheduling, thread_scheduling
-
-__all__ = ["IS_LINUX", "fifo_priority_above", "gc_freezer", "promote_current_thread", "restore_thread_scheduling",
-           "switch_interval", "thread_scheduling"]
+__all__ = [
+    "IS_LINUX",
+    "demote_to_normal",
+    "fifo_priority",
+    "fifo_priority_above",
+    "gc_freezer",
+    "is_fifo",
+    "is_normal",
+    "promote",
+    "promote_current_thread",
+    "restore_thread_scheduling",
+    "set_normal",
+    "switch_interval",
+    "thread_scheduling",
+]
 
 IS_LINUX = sys.platform.startswith("linux")
+
 _RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0)
 
 
+def _policy(tid: int) -> int:
+    return os.sched_getscheduler(tid) & ~_RESET_ON_FORK
+
+
+def fifo_priority(tid: int = 0) -> int | None:
+    """The SCHED_FIFO priority of the thread; None when it runs another policy or cannot be read."""
+    try:
+        if _policy(tid) == os.SCHED_FIFO:
+            return os.sched_getparam(tid).sched_priority
+    except (AttributeError, OSError):
+        pass
+    return None
+
+
+def is_fifo(tid: int = 0) -> bool:
+    """True when the thread runs SCHED_FIFO."""
+    return fifo_priority(tid) is not None
+
+
+def is_normal(tid: int = 0) -> bool:
+    """True when the thread runs SCHED_OTHER (False for batch/idle/real-time, or unreadable)."""
+    try:
+        return _policy(tid) == os.SCHED_OTHER
+    except (AttributeError, OSError):
+        return False
+
+
+def promote(priority: int, *, reset_on_fork: bool = False, tid: int = 0) -> None:
+    """Run the thread at SCHED_FIFO ``priority``; ``reset_on_fork``: threads it creates start normal.
+
+    Raises what ``os.sched_setscheduler`` raises (``PermissionError`` without the right,
+    ``AttributeError`` where the OS has no ``sched_*``): each caller decides whether that matters.
+    """
+    policy = os.SCHED_FIFO | (_RESET_ON_FORK if reset_on_fork else 0)
+    os.sched_setscheduler(tid, policy, os.sched_param(priority))
+
+
+def set_normal(*, reset_on_fork: bool = False, tid: int = 0) -> None:
+    """Put the thread on SCHED_OTHER, whatever it runs now. Raises like :func:`promote`."""
+    policy = os.SCHED_OTHER | (_RESET_ON_FORK if reset_on_fork else 0)
+    os.sched_setscheduler(tid, policy, os.sched_param(0))
+
+
+def demote_to_normal() -> bool:
+    """Put the calling thread back on SCHED_OTHER if it runs SCHED_FIFO or SCHED_RR.
+
+    For threads that may have inherited a real-time policy: offloaded work must never
+    outrank the control loop. A batch or idle policy is left alone. True when the policy
+    was changed; errors (no permission, no ``os.sched_*``) are ignored.
+    """
+    try:
+        if _policy(0) in (os.SCHED_FIFO, os.SCHED_RR):
+            set_normal()
+            return True
+    except (AttributeError, OSError):
+        pass
+    return False
+
+
+def thread_scheduling(tid: int) -> tuple | None:
+    """``(tid, policy, priority)`` of a thread of this process (its native id);
+    None where it cannot be read. :func:`restore_thread_scheduling` takes it back."""
+    try:
+        return tid, os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+    except (AttributeError, OSError):
+        return None
+
+
+def restore_thread_scheduling(saved: tuple | None, *, unless_changed_from: tuple | None = None) -> None:
+    """Put a thread back on a policy saved by :func:`thread_scheduling`.
+
+    With ``unless_changed_from``, only if the thread still runs that policy
+    (something else may have changed it meanwhile). A thread that has exited,
+    or a change this process may not make, is ignored.
+    """
+    if saved is None:
+        return
+    tid, policy, priority = saved
+    if unless_changed_from is not None and thread_scheduling(tid) != unless_changed_from:
+        return
+    try:
+        os.sched_setscheduler(tid, policy, os.sched_param(priority))
+    except (AttributeError, OSError):
+        pass
+
+
+def fifo_priority_above(steps: int) -> int | None:
+    """The calling thread's SCHED_FIFO priority plus ``steps`` (at most 99); None when it is not FIFO."""
+    priority = fifo_priority()
+    return None if priority is None else min(99, priority + steps)
+
+
 def promote_current_thread(priority: int | None) -> tuple | None:
-    """Run the calling thread SCHED_FIFO at ``priority`` if it runs at the normal policy now.
+    """Run the calling thread SCHED_FIFO at ``priority`` (reset on fork) if it runs SCHED_OTHER now.
 
     Returns what :func:`restore_thread_scheduling` needs to put it back, or
-    ``None`` when nothing was changed (no priority, already real-time or
-    batch/idle on purpose, or not permitted here).
+    None when nothing changed (no priority, already real-time or batch/idle on
+    purpose, or not permitted here).
     """
     if priority is None:
         return None
     saved = thread_scheduling(threading.get_native_id())
-    if saved is None or saved[1] & ~_RESET_ON_FORK != os.SCHED_OTHER:
+    if saved is None or not is_normal():
         return None
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | _RESET_ON_FORK, os.sched_param(priority))
+        promote(priority, reset_on_fork=True)
     except (OSError, AttributeError):
         return None
     return saved
 
 
-def fifo_priority_above(steps: int) -> int | None:
-    """The calling thread's SCHED_FIFO priority plus ``steps`` (at most 99); ``None`` if it is not FIFO."""
-    try:
-        if os.sched_getscheduler(0) & ~_RESET_ON_FORK == os.SCHED_FIFO:
-            return min(99, os.sched_getparam(0).sched_priority + steps)
-    except (OSError, AttributeError):
-        pass
-    return None
-
-
 class _SwitchInterval:
     """Process-wide ``sys.setswitchinterval`` shared by every running controller.
 
-    The first controller to start saves the interpreter's interval; while any
-    runs, the smallest requested interval is in force; the last to stop
-    restores the saved one.
+    The first to start saves the interpreter's interval; while any runs, the
+    smallest requested interval is in force; the last to stop restores it.
     """
 
     def __init__(self) -> None:

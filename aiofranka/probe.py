@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 from typing import Callable
@@ -89,7 +88,7 @@ def probe_wakeups(duration: float = 10.0, *, period: float = 1e-3, priority: int
     from async code use ``await asyncio.to_thread(probe_wakeups, ...)``.
     """
     from . import _kernel
-    from .threads import reset_thread_scheduling
+    from ._os import demote_to_normal, promote
 
     duration = validation.positive("duration", duration, upper=3600.0)
     period = validation.positive("period", period, upper=1.0)
@@ -105,10 +104,10 @@ def probe_wakeups(duration: float = 10.0, *, period: float = 1e-3, priority: int
     def probe() -> None:
         try:
             if priority is None:
-                reset_thread_scheduling()
+                demote_to_normal()
             else:
                 try:
-                    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+                    promote(priority)
                 except PermissionError as exc:
                     raise PermissionError(
                         f"priority={priority} needs SCHED_FIFO, which this user may not set "

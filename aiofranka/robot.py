@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from .exceptions import InvalidOperationError, MissingDependencyError, RobotConnectionError, translate_libfranka
-from .threads import restore_thread_scheduling, thread_scheduling
+from ._os import fifo_priority, is_fifo, promote, restore_thread_scheduling, set_normal, thread_scheduling
 
 __all__ = ["Robot", "RobotState"]
 
@@ -328,18 +328,15 @@ class Robot:
     def _fix_scheduling(rt_priority: int | None) -> int | None:
         """Lower libfranka's promotion to ``rt_priority``; the SCHED_FIFO priority in force after, or None."""
         try:
-            if os.sched_getscheduler(0) != os.SCHED_FIFO:
+            if not is_fifo():
                 return None
             if rt_priority is None:
-                os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+                set_normal(reset_on_fork=True)
                 return None
-            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(rt_priority))
+            promote(rt_priority, reset_on_fork=True)
             return rt_priority
         except (OSError, AttributeError):  # not Linux, or not permitted: leave it as libfranka set it
-            try:
-                return os.sched_getparam(0).sched_priority if os.sched_getscheduler(0) == os.SCHED_FIFO else None
-            except (OSError, AttributeError):
-                return None
+            return fifo_priority()
 
     # -- plain (non-realtime) commands ------------------------------------
 

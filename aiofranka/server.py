@@ -34,9 +34,11 @@ import numpy as np
 
 from . import _kernel, validation
 from .exceptions import ControllerStateError, WorkerCrashedError
-from .loop.command import SETTABLE, TABLE, check_mode, validate
+from ._os import fifo_priority, promote
 from .loop._bridge import call_on_loop
-from .process import _Mapped, _Owned, mpify
+from .loop.command import SETTABLE, TABLE, check_mode, validate
+from .offload._shm import Mapped as _Mapped, Owned as _Owned
+from .offload.to_process import mpify
 from .robot import RobotState
 
 __all__ = ["FrankaRemoteController"]
@@ -94,10 +96,10 @@ class _ControllerServer:
         try:
             self._robot = Robot(ip, **robot_options)
             priority = self._priority
-            if priority is None and os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO:
+            if priority is None:
                 # libfranka made this (the connecting) thread real-time and
                 # Robot set its rt_priority: the other threads follow it.
-                priority = os.sched_getparam(0).sched_priority
+                priority = fifo_priority()
             if priority is not None:
                 self._raise_priority(priority)
             self._controller = Controller(self._robot, **controller_options)
@@ -125,10 +127,9 @@ class _ControllerServer:
         SCHED_RESET_ON_FORK keeps threads started later by libraries at the
         normal policy.
         """
-        policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
         for thread in threading.enumerate():
             if thread.native_id is not None:
-                os.sched_setscheduler(thread.native_id, policy, os.sched_param(priority))
+                promote(priority, reset_on_fork=True, tid=thread.native_id)
 
     # -- running things on the loop thread ---------------------------------
 
@@ -396,7 +397,7 @@ class FrankaRemoteController:
         self._closed = True
         proxy = self._proxy
         try:
-            if proxy is not None and proxy.alive:
+            if proxy is not None and proxy.running:
                 try:
                     proxy.call_sync_timeout(20.0, "close")
                 except Exception:  # noqa: BLE001 - ending the child regardless
@@ -444,7 +445,7 @@ class FrankaRemoteController:
         """
         if self._closed:
             raise ControllerStateError("this FrankaRemoteController was closed; create a new one")
-        if not self._proxy.alive:
+        if not self._proxy.running:
             raise WorkerCrashedError(f"the server process (pid {self._child_pid}) is gone")
         if self._view[_STATUS] != _RUNNING:
             return self._call("state")

@@ -68,7 +68,7 @@ def measure(n: int = 2000, rounds: int = 10) -> dict[str, dict[str, tuple[float,
     The mechanisms run side by side and are interleaved in ``rounds`` blocks, so a noisy
     neighbour on the machine affects them alike.
     """
-    from aiofranka.process import mpify
+    from aiofranka.offload import mpify
 
     obs = _observation()
     payloads = {

@@ -7,8 +7,8 @@ passed by reference, so it should cost the same):
 * ``run_in_executor``: ``loop.run_in_executor(None, f, payload)``
 * ``bare thread``: one dedicated thread fed by a ``queue.SimpleQueue`` that
   answers with ``loop.call_soon_threadsafe`` (the floor for any helper)
-* ``asyncify``: :func:`aiofranka.threads.asyncify`
-* ``CudaInferenceThread.run``: :class:`aiofranka.threads.CudaInferenceThread`
+* ``asyncify``: :func:`aiofranka.offload.asyncify`
+* ``CudaInferenceThread.run``: :class:`aiofranka.offload.CudaInferenceThread`
 
 Usage: ``python benchmarks/_thread_roundtrip.py [-n 3000]``; ``measure(n)``
 returns ``{(mechanism, payload): (p50_us, p99_us)}``.
@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from aiofranka.threads import CudaInferenceThread, asyncify, shutdown_asyncify_pool
+from aiofranka.offload import CudaInferenceThread, asyncify, stop_asyncify_pool
 
 
 def echo(payload: Any) -> Any:
@@ -102,7 +102,7 @@ async def _measure(n: int) -> dict[tuple[str, str], tuple[float, float]]:
     finally:
         bare.stop()
         await runner.astop()
-        shutdown_asyncify_pool()
+        stop_asyncify_pool()
     return results
 
 

@@ -308,7 +308,7 @@ def print_policies(rows: list[PolicyRow], duration: float) -> None:
 async def thread_share(robot, wait: str, switch_interval: float, solo: float, duration: float,
                        rescue: bool = True) -> dict:
     from aiofranka import Controller
-    from aiofranka.threads import reset_thread_scheduling
+    from aiofranka._os import demote_to_normal
     from loop import spin_rate, stop_collecting
 
     label = f"wait={wait}, switch interval {switch_interval * 1e3:g} ms" + ("" if rescue else ", rescue off")
@@ -318,7 +318,7 @@ async def thread_share(robot, wait: str, switch_interval: float, solo: float, du
     stop = threading.Event()
 
     def spin() -> None:
-        reset_thread_scheduling()
+        demote_to_normal()
         result.append(spin_rate(duration, stop))
 
     error: BaseException | None = None
@@ -739,9 +739,9 @@ async def robot_sections(args, seconds: float, torch, model, torch_note: str) ->
             print_mlp(mlp, torch_note)
     finally:
         await runner.astop()
-        from aiofranka.threads import shutdown_asyncify_pool
+        from aiofranka.offload import stop_asyncify_pool
 
-        await asyncio.to_thread(shutdown_asyncify_pool)
+        await asyncio.to_thread(stop_asyncify_pool)
     return policies, solo, shares, mlp, floors
 
 

@@ -42,13 +42,13 @@ def progress(message: str) -> None:
 
 def forward_cost(torch, model, x, apply_count: bool, seconds: float) -> tuple[float, int, int]:
     """In a fresh thread: (process CPU s per wall s, threads of the process, forwards)."""
-    from aiofranka import threads
+    from aiofranka.offload import to_thread
 
     out: list = []
 
     def work() -> None:
         if apply_count:
-            threads._follow_torch_threads()
+            to_thread._follow_torch_threads()
         with torch.inference_mode():
             model(x)  # the OpenMP team, if any, exists from here on
             cpu0, wall0, n = time.process_time(), time.perf_counter(), 0
@@ -81,7 +81,8 @@ async def mlp_ratio(robot, infer, q, seconds: float, rescue: bool, alone_p50: fl
 
 
 async def inflation(args, torch, model) -> list[tuple]:
-    from aiofranka import CudaInferenceThread, Robot, limits, threads
+    from aiofranka import CudaInferenceThread, Robot, limits
+    from aiofranka.offload import cuda
     from offload import time_mlp
 
     x = torch.zeros(1, 64)
@@ -93,14 +94,14 @@ async def inflation(args, torch, model) -> list[tuple]:
 
     rows = []
     q = np.asarray(limits.Q_HOME, dtype=np.float64)
-    real_follow = threads._follow_torch_threads
+    real_follow = cuda._follow_torch_threads  # the runner looks it up in its own module
     with Robot() as robot:
         for rnd in range(args.rounds):
             for kind in ("shipped", "default team"):
                 # The runner's thread applies the count on its first call; for
                 # the "default team" runner that step is skipped, as before the fix.
                 if kind == "default team":
-                    threads._follow_torch_threads = lambda: None
+                    cuda._follow_torch_threads = lambda: None
                 try:
                     async with CudaInferenceThread(name=f"mlp-{kind}") as runner:
                         infer = runner.wrap(forward)
@@ -114,7 +115,7 @@ async def inflation(args, torch, model) -> list[tuple]:
                             p50, ratio, stats = await mlp_ratio(robot, infer, q, args.seconds, rescue, alone_p50)
                             rows.append((rnd + 1, kind, rescue, alone_p50, p50, ratio, stats))
                 finally:
-                    threads._follow_torch_threads = real_follow
+                    cuda._follow_torch_threads = real_follow
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Importable factories and objects for tests/test_process.py (they run in child processes)."""
+"""Importable factories and objects for tests/test_to_process.py (they run in child processes)."""
 
 from __future__ import annotations
 
@@ -110,9 +110,9 @@ def hammer_seqlock(name: str, slots: int, seconds: float) -> None:
     import numpy as np
 
     from aiofranka import _kernel
-    from aiofranka.process import _Mapped
+    from aiofranka.offload._shm import Mapped
 
-    mapped = _Mapped(name)
+    mapped = Mapped(name)
     frame = np.frombuffer(mapped.buf, dtype=np.float64, count=slots)
     values = np.zeros(slots)
     end = time.monotonic() + seconds

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from aiofranka import _kernel
-from aiofranka.process import _Owned
+from aiofranka.offload._shm import Owned
 
 import _process_targets as targets
 
@@ -70,7 +70,7 @@ def test_bad_buffers_are_refused():
 
 
 def test_no_torn_snapshot_while_another_process_hammers_the_frame():
-    shm = _Owned(f"afkt{secrets.token_hex(4)}", 8 * SLOTS)
+    shm = Owned(f"afkt{secrets.token_hex(4)}", 8 * SLOTS)
     frame = np.frombuffer(shm.buf, dtype=np.float64, count=SLOTS)
     ctx = multiprocessing.get_context("spawn")
     writer = ctx.Process(target=targets.hammer_seqlock, args=(shm.name, SLOTS, 3.0))

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from .._os import promote, set_normal
+
 __all__ = ["Stall", "StallRecord", "describe_thread"]
 
 log = logging.getLogger("aiofranka")
@@ -155,9 +157,9 @@ class Guardian(threading.Thread):
     def _set_priority(self) -> None:
         try:
             if self._rt_priority is not None:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._rt_priority))
-            elif os.sched_getscheduler(0) != os.SCHED_OTHER:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                promote(self._rt_priority)
+            else:
+                set_normal()
         except (OSError, AttributeError):
             pass
 

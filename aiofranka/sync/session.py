@@ -163,7 +163,7 @@ class Session:
                 raise SessionStateError("this Session is already started")
             self._state = "starting"
         try:
-            from .. import threads  # noqa: F401 - imported here (asyncio & co.), not in the first period
+            from .. import _os  # noqa: F401 - imported here, not in the first period
 
             self._robot.reset()
             end = time.perf_counter() + self._warmup
@@ -247,9 +247,9 @@ class Session:
     # ---- the control thread ----------------------------------------------
 
     def _loop(self) -> None:
-        from ..threads import reset_thread_scheduling
+        from .._os import demote_to_normal
 
-        reset_thread_scheduling()
+        demote_to_normal()
         observe = self._robot.observe
         act = self._robot.act
         policy = self._policy

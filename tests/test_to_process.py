@@ -1,4 +1,4 @@
-"""Tests of aiofranka.process: mpify / ampify and ProcessProxy (no simulator needed)."""
+"""Tests of aiofranka.offload.to_process: mpify / ampify and ProcessProxy (no simulator needed)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from aiofranka.exceptions import (
     WorkerCrashedError,
     WorkerStoppedError,
 )
-from aiofranka.process import ProcessProxy, ampify, mpify
+from aiofranka.offload import ProcessProxy, ampify, mpify
 
 TESTS_DIR = Path(__file__).resolve().parent
 SHM = Path("/dev/shm")
@@ -156,7 +156,7 @@ def test_call_sync_outside_the_loop(proxy):
     assert proxy.get_sync("value") == 42
     with pytest.raises(ValueError):
         proxy.call_sync("fail_in_child", "sync")
-    assert proxy.alive and proxy.pid > 0
+    assert proxy.running and proxy.pid > 0
 
 
 def test_call_sync_timeout_gives_up_and_drops_the_late_reply(proxy):
@@ -264,27 +264,28 @@ async def test_numpy_arrays_round_trip(proxy, name):
 
 
 async def test_large_arrays_travel_out_of_band(proxy):
-    stats = proxy.stats
+    before = proxy.stats  # a frozen snapshot: read it again after each call
     image = np.random.default_rng(1).integers(0, 255, size=(224, 224, 3), dtype=np.uint8)
-    shm_sent, shm_received = stats.shm_bytes_sent, stats.shm_bytes_received
     back = await proxy.echo({"image": image, "q": [0.1] * 7})
     np.testing.assert_array_equal(back["image"], image)
+    stats = proxy.stats
     assert stats.last_frame_sent < 1024 < image.nbytes  # only (segment, offset, length) in the pipe
     assert stats.last_frame_received < 1024
-    assert stats.shm_bytes_sent - shm_sent >= image.nbytes
-    assert stats.shm_bytes_received - shm_received >= image.nbytes
+    assert stats.shm_bytes_sent - before.shm_bytes_sent >= image.nbytes
+    assert stats.shm_bytes_received - before.shm_bytes_received >= image.nbytes
+    assert stats.to_dict()["shm_bytes_sent"] == stats.shm_bytes_sent
 
     doubled = await proxy.scale(image.astype(np.float32), 2.0)  # a computed result
     np.testing.assert_allclose(doubled, image.astype(np.float32) * 2)
-    assert stats.last_frame_received < 1024
+    assert proxy.stats.last_frame_received < 1024
 
     blob = os.urandom(300_000)  # no buffers, but large pickled data goes to the segment too
     assert await proxy.echo(blob) == blob
-    assert stats.last_frame_sent < 1024
+    assert proxy.stats.last_frame_sent < 1024
 
-    shm_sent = stats.shm_bytes_sent
+    shm_sent = proxy.stats.shm_bytes_sent
     assert await proxy.echo([0.5] * 7) == [0.5] * 7  # small payloads stay in the pipe
-    assert stats.shm_bytes_sent == shm_sent
+    assert proxy.stats.shm_bytes_sent == shm_sent
 
 
 async def test_segments_are_reused(proxy):
@@ -380,7 +381,7 @@ async def test_child_killed_mid_call_fails_fast():
             await other
         with pytest.raises(WorkerCrashedError):
             await worker.add(1, 2)
-        assert not worker.alive
+        assert not worker.running
     finally:
         await worker.astop()
     with pytest.raises(WorkerStoppedError):
@@ -416,7 +417,7 @@ async def test_astop_with_calls_pending():
         await worker.value
     await worker.astop()
     worker.stop()
-    assert not worker.alive
+    assert not worker.running
     _assert_cleaned(worker)
 
 
@@ -477,7 +478,7 @@ def test_unguarded_script_is_told_to_add_the_guard(tmp_path):
     result = _run_script(
         tmp_path,
         """
-        from aiofranka.process import mpify
+        from aiofranka.offload import mpify
         from _process_targets import Worker
 
         proxy = mpify(Worker)
@@ -497,7 +498,7 @@ def test_script_exits_cleanly_without_stop(tmp_path):
         tmp_path,
         """
         import sys
-        from aiofranka.process import mpify
+        from aiofranka.offload import mpify
         from _process_targets import Worker
 
         if __name__ == "__main__":
@@ -526,7 +527,7 @@ def test_child_exits_when_the_parent_is_killed(tmp_path, busy):
             f"""
             import sys, threading, time
             sys.path.insert(0, {str(TESTS_DIR)!r})
-            from aiofranka.process import mpify
+            from aiofranka.offload import mpify
             from _process_targets import Worker
 
             if __name__ == "__main__":
@@ -568,7 +569,8 @@ def test_child_does_not_inherit_sched_fifo(tmp_path):
         tmp_path,
         """
         import json, os, threading
-        from aiofranka.process import mpify, _demote_current_thread
+        from aiofranka._os import demote_to_normal
+        from aiofranka.offload import mpify
         from _process_targets import Worker
 
         if __name__ == "__main__":
@@ -583,7 +585,7 @@ def test_child_does_not_inherit_sched_fifo(tmp_path):
 
             def probe():  # a thread made by a FIFO thread is FIFO; the helper demotes it
                 helper["before"] = os.sched_getscheduler(0)
-                _demote_current_thread()
+                demote_to_normal()
                 helper["after"] = os.sched_getscheduler(0)
 
             thread = threading.Thread(target=probe)
