@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from . import limits, validation
-from . import _kernel
+from . import _kernel, _rescue_abi
 from .exceptions import (
     AiofrankaError,
     ControlLawError,
@@ -530,8 +530,9 @@ class Controller:
                 # libfranka's own reads on it must block.
                 os.set_blocking(robot.state_fd, True)
             self._start_guardian(loop)
-            if self._rescue and isinstance(robot.direct_layout(), str):
-                self._rescue_state = f"off: {robot.direct_layout()}"
+            if self._rescue:  # decided before the session opens: the checks take milliseconds
+                refusal = _rescue_abi.rescue_refusal() or robot.direct_layout()
+                self._rescue_state = f"off: {refusal}" if isinstance(refusal, str) else "on"
             if robot.in_reflex():
                 robot.recover()
             self._ctl = robot.start_torque_control()
@@ -586,7 +587,7 @@ class Controller:
 
     def _start_rescue(self) -> None:
         """Start the kernel's rescue thread for this session (see ``rescue``)."""
-        if not self._rescue:
+        if not self._rescue or self._rescue_state != "on":  # refused in start()
             return
         robot = self._robot
         layout = robot.direct_layout()
@@ -603,7 +604,7 @@ class Controller:
         try:
             self._kernel.rescue_start(self._ctl, robot.torques([0.0] * 7), robot.state_fd, layout[0], layout[1],
                                       self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, priority, errors)
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, TypeError) as exc:
             self._rescue_state = f"off: {exc}"
         else:
             self._rescue_state = "on"
@@ -988,6 +989,7 @@ class Controller:
             if self._cycle(initial=True):
                 return
             self._start_rescue()
+            _rescue_abi.warn_if_off(self._takeover, self._rescue_state)
             first.set_result(None)
             done = self._loop.create_future()
             self._session_done = done
