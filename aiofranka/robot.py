@@ -151,7 +151,7 @@ class StateBuffer:
 
     ``kernel`` (:class:`aiofranka._kernel.Kernel`) fills ``q``, ``dq`` and the
     pose from a pylibfranka state, computes the laws into ``tau_desired``, and
-    filters them into ``tau_command`` (see ``_kernel.c``). Matrices are
+    filters them into ``tau_command`` (see ``csrc/``). Matrices are
     column-major storage exposed as transposed numpy views, as libfranka lays
     them out. The torque readings and the model's Jacobian and mass matrix are
     filled only when a snapshot is taken: the loop does not need them.

@@ -7,7 +7,7 @@ the loop. Two channels join the processes:
 
 * **State**, one way, every cycle: the child's C kernel writes the state into
   a shared-memory frame under a seqlock right after each command (see
-  ``_kernel.c``: ``publish_to``, ``seqlock_read``). Reading ``state`` copies
+  ``csrc/seqlock.c``: ``publish_to``, ``seqlock_read``). Reading ``state`` copies
   the latest whole frame without a round trip; a frame being written is
   retried, so a snapshot is never torn.
 * **Commands**, with replies: method calls over the ``mpify`` channel (an

@@ -121,6 +121,6 @@ def hammer_seqlock(name: str, slots: int, seconds: float) -> None:
         for _ in range(100):
             k += 1
             values.fill(k)
-            _kernel.seqlock_write(frame, values)
+            _kernel._test_seqlock_write(frame, values)
     del frame
     mapped.close()

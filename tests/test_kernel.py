@@ -21,13 +21,13 @@ def frozen(values):
 
 
 def state_lists(q, dq):
-    pose = np.array(_kernel.flange_pose(q.tolist()))
+    pose = np.array(_kernel._test_flange_pose(q.tolist()))
     return q.tolist(), dq.tolist(), pose.tolist()
 
 
 def test_flange_pose_matches_the_known_home_geometry():
     q = [0.0, 0.0, 0.0, -1.57, 0.0, 1.57, 0.785]
-    pose = np.array(_kernel.flange_pose(q)).reshape(4, 4).T
+    pose = np.array(_kernel._test_flange_pose(q)).reshape(4, 4).T
     # At this pose the flange sits 0.5544 m ahead and 0.6248 m up, z axis down.
     assert pose[:3, 3] == pytest.approx([0.5544, 0.0, 0.6248], abs=2e-4)
     assert pose[:3, 2] == pytest.approx([0.0, 0.0, -1.0], abs=1e-3)
@@ -36,13 +36,13 @@ def test_flange_pose_matches_the_known_home_geometry():
 def test_jacobian_matches_finite_differences_of_the_kinematics():
     for _ in range(20):
         q = random_q()
-        pose = np.array(_kernel.flange_pose(q.tolist())).reshape(4, 4).T
-        jac = np.array(_kernel.jacobian_at(q.tolist(), pose[:3, 3].tolist())).reshape(7, 6).T
+        pose = np.array(_kernel._test_flange_pose(q.tolist())).reshape(4, 4).T
+        jac = np.array(_kernel._test_jacobian_at(q.tolist(), pose[:3, 3].tolist())).reshape(7, 6).T
         h = 1e-6
         for j in range(7):
             dq = np.zeros(7)
             dq[j] = h
-            moved = np.array(_kernel.flange_pose((q + dq).tolist())).reshape(4, 4).T
+            moved = np.array(_kernel._test_flange_pose((q + dq).tolist())).reshape(4, 4).T
             assert np.allclose((moved[:3, 3] - pose[:3, 3]) / h, jac[:3, j], atol=1e-5)
             # Angular part: rotation axis of the small rotation moved @ pose^T.
             skew = (moved[:3, :3] @ pose[:3, :3].T - np.eye(3)) / h
@@ -62,7 +62,7 @@ def test_impedance_guard_and_safety_match_the_reference():
         kp, kd = frozen(RNG.uniform(0, 600, 7)), frozen(RNG.uniform(0, 50, 7))
         buf.tau_last[:] = RNG.normal(scale=5.0, size=7)
         scale = float(RNG.uniform(0, 1))
-        buf.kernel.impedance(qd, dqd, kp, kd)
+        buf.kernel._test_impedance(qd, dqd, kp, kd)
         command = buf.kernel.finish(scale)
 
         expected = np.zeros(7)
@@ -88,7 +88,7 @@ def test_osc_matches_the_reference():
         target[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ target[:3, :3]
         args = [frozen(target), frozen(RNG.uniform(0, 2000, 6)), frozen(RNG.uniform(0, 80, 6)),
                 frozen(random_q()), frozen(RNG.uniform(0, 20, 7)), frozen(RNG.uniform(0, 3, 7))]
-        buf.kernel.osc(*args)
+        buf.kernel._test_osc(*args)
         expected = np.zeros(7)
         control.osc(q, dq, buf.ee, buf.jacobian, *args, ws, expected)
         assert np.allclose(buf.tau_desired, expected, atol=1e-7)
@@ -98,7 +98,7 @@ def test_non_finite_law_output_steps_towards_zero_and_reports_none():
     buf = StateBuffer()
     buf.kernel.fill(*state_lists(limits.Q_HOME.copy(), np.zeros(7)))
     buf.tau_last[:] = [5.0, -5.0, 0.5, 0, 0, 0, 0]
-    buf.kernel.torque(frozen([np.nan] * 7))
+    buf.kernel._test_torque(frozen([np.nan] * 7))
     assert buf.kernel.finish(1.0) is None
     assert np.allclose(buf.tau_command, [4.05, -4.05, 0.0, 0, 0, 0, 0])
 
@@ -106,6 +106,6 @@ def test_non_finite_law_output_steps_towards_zero_and_reports_none():
 def test_wrong_buffers_are_type_errors():
     buf = StateBuffer()
     with pytest.raises(TypeError, match="kp must be a contiguous float64 array of 7 values"):
-        buf.kernel.impedance(frozen(np.zeros(7)), frozen(np.zeros(7)), frozen(np.zeros(6)), frozen(np.zeros(7)))
+        buf.kernel._test_impedance(frozen(np.zeros(7)), frozen(np.zeros(7)), frozen(np.zeros(6)), frozen(np.zeros(7)))
     with pytest.raises(TypeError, match="q must be a writable contiguous float64 array"):
         _kernel.Kernel(*([np.zeros(6)] + [np.zeros(7)] * 11))

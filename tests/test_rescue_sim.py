@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import subprocess
 import threading
 import time
@@ -22,7 +23,8 @@ from aiofranka import Controller, _kernel, limits
 
 from _policies import hold_gil
 
-pytestmark = pytest.mark.sim
+pytestmark = [pytest.mark.sim, pytest.mark.skipif(platform.machine() != "x86_64",
+                                                reason="the rescue thread is built on x86-64 only")]
 
 def hold_gil_for(seconds: float) -> float:
     return hold_gil(seconds)

@@ -104,8 +104,8 @@ async def test_kernel_kinematics_agree_with_libfrankas_model(robot):
             await controller.move(target, speed=0.6)
             await controller.wait(0.3)  # at rest: the simulator's pose and q may be a step apart
             state = controller.state
-            ours = np.array(_kernel.jacobian_at(state.q.tolist(), state.ee[:3, 3].tolist())).reshape(7, 6).T
+            ours = np.array(_kernel._test_jacobian_at(state.q.tolist(), state.ee[:3, 3].tolist())).reshape(7, 6).T
             # The simulator sends float32 values, and its pose may lag q by a step.
             assert np.abs(ours - state.jacobian).max() < 2e-4, np.abs(ours - state.jacobian).max()
-            flange = np.array(_kernel.flange_pose(state.q.tolist())).reshape(4, 4).T
+            flange = np.array(_kernel._test_flange_pose(state.q.tolist())).reshape(4, 4).T
             assert np.abs(flange - state.ee).max() < 2e-4, np.abs(flange - state.ee).max()

@@ -211,7 +211,7 @@ class Cycle:
 
     def start_rescue(self, after_ns: int, grace_ns: int, priority: int) -> None:
         """Start the kernel's rescue thread for this session (see the Controller's ``rescue``)."""
-        if not self.rescue:
+        if not self.rescue or self.rescue_state != "on":  # refused in Controller.start()
             return
         robot = self.robot
         layout = robot.direct_layout()
@@ -220,7 +220,7 @@ class Cycle:
         try:
             self.kernel.rescue_start(self.ctl, robot.torques([0.0] * 7), robot.state_fd, layout[0], layout[1],
                                      after_ns, grace_ns, priority, robot.error_types)
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, TypeError) as exc:
             self.rescue_state = f"off: {exc}"
         else:
             self.rescue_state = "on"

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .. import _os, limits, validation
+from .. import _os, _rescue_abi, limits, validation
 from ..exceptions import ControllerStateError, ControllerStoppedError, MotionTimeoutError, translate
 from ..pacing import DeadlineGrid
 from ..robot import Robot, RobotState
@@ -289,8 +289,9 @@ class Controller:
         try:
             cycle.attach(loop)
             self._start_guardian(loop)
-            if cycle.rescue and isinstance(robot.direct_layout(), str):
-                cycle.rescue_state = f"off: {robot.direct_layout()}"
+            if cycle.rescue:  # decided before the session opens: the checks take milliseconds
+                refusal = _rescue_abi.rescue_refusal() or robot.direct_layout()
+                cycle.rescue_state = f"off: {refusal}" if isinstance(refusal, str) else "on"
             if robot.in_reflex():
                 robot.recover()
             cycle.ctl = robot.start_torque_control()
@@ -529,6 +530,7 @@ class Controller:
             if cycle.run(initial=True):
                 return
             cycle.start_rescue(self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, _os.fifo_priority_above(2) or 0)
+            _rescue_abi.warn_if_off(self._takeover, cycle.rescue_state)
             first.set_result(None)
             done = self._loop.create_future()
             cycle.open(done)

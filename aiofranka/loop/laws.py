@@ -1,6 +1,6 @@
 """Control laws and the torque safety filter: the readable numpy reference.
 
-The 1 kHz loop runs the same laws in C (``aiofranka/_kernel.c``); the tests
+The 1 kHz loop runs the same laws in C (``csrc/laws.c``); the tests
 check the two against each other on random inputs. Everything here is a pure
 function of its array arguments: inputs are read, results go into ``out``
 (and into the scratch held by :class:`Workspace`); nothing is logged or

@@ -1,20 +1,29 @@
 /*
- * aiofranka/_direct.cpp: call libfranka's torque session without the GIL.
+ * csrc/direct.cpp: call libfranka's torque session without the GIL.
  *
  * pylibfranka's bindings keep the GIL while they block, so a Python thread
- * can only serve the robot once it gets the GIL. The rescue thread in
- * _kernel.c must serve it while some other thread holds the GIL (descheduled,
- * or in a C extension that does not release it). It calls the same two
- * libfranka functions pylibfranka calls, on the same C++ objects, from plain
- * C; this file is the C++ side of that: it finds the functions in the
- * libfranka that pylibfranka loaded, checks that the control object really
- * is the kind we think (its vtable is libfranka's ActiveTorqueControl vtable
- * and holds both functions), and catches libfranka's exceptions, which must
- * not unwind through C frames.
+ * can only serve the robot once it gets the GIL. The rescue thread (rescue.c)
+ * must serve it while some other thread holds the GIL (descheduled, or in a
+ * C extension that does not release it). It calls the same two libfranka
+ * functions pylibfranka calls, on the same C++ objects, from plain C; this
+ * file is the C++ side of that: it finds the functions in the libfranka that
+ * pylibfranka loaded, checks that the control object really is the kind we
+ * think (its vtable is libfranka's ActiveTorqueControl vtable and holds both
+ * functions), and catches libfranka's exceptions, which must not unwind
+ * through C frames.
  *
  * Nothing here knows the layout of RobotState or Torques: the kernel is told
- * the field offsets, which aiofranka measures at run time (robot.py).
+ * the field offsets, which aiofranka measures at run time (robot.py). What is
+ * assumed (the x86-64 System V and Itanium C++ ABIs) and checked, and where:
+ * docs/rescue-abi.md.
  */
+#if !defined(__x86_64__) || !defined(__linux__)
+// ReadFn below passes readOnce's returned struct the x86-64 way (its address
+// as the first argument); on ARM64 it goes in x8. setup.py leaves this file
+// out elsewhere: refuse to build it rather than corrupt memory at run time.
+#error "csrc/direct.cpp drives libfranka with the x86-64 Linux calling convention only"
+#endif
+
 #include <dlfcn.h>
 #include <link.h>
 #include <cstdio>
@@ -29,7 +38,10 @@ const char kWriteOnce[] = "_ZN6franka19ActiveTorqueControl9writeOnceERKNS_7Torqu
 const char kVtable[] = "_ZTVN6franka19ActiveTorqueControlE";
 const int kVtableSlots = 16;
 
-typedef void (*ReadFn)(void *result, void *self);             // returns the (state, duration) pair via sret
+// readOnce returns a (RobotState, Duration) pair by value: under the x86-64
+// System V ABI the caller passes the result's address as a hidden first
+// argument (rdi) and `this` second, which this signature reproduces.
+typedef void (*ReadFn)(void *result, void *self);
 typedef void (*WriteFn)(void *self, const void *torques);
 
 int find_libfranka(struct dl_phdr_info *info, size_t, void *data) {

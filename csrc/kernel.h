@@ -1,0 +1,166 @@
+/*
+ * aiofranka._kernel: the 1 kHz cycle of the control loop in C.
+ *
+ * One `Kernel` object per controller holds pointers into preallocated
+ * float64 numpy arrays (state, Jacobian, torques) handed over at
+ * construction. `Kernel.cycle` serves one whole cycle in one call: readOnce,
+ * the law, the safety filter, writeOnce (and, in server mode, the state frame
+ * published under a seqlock). A rescue thread that never takes the GIL can
+ * serve the same cycle while Python cannot (rescue.c, direct.cpp). Nothing on
+ * the cycle's path allocates except the command list pylibfranka needs, and
+ * nothing validates user input: that is done in Python where values are
+ * handed in. See docs/controller.md, docs/timing.md and docs/guardian.md.
+ *
+ * The units, one concern each:
+ *   laws.c     kinematics, laws, safety filter: pure functions of arrays
+ *   cycle.c    one cycle (read, law, safety, write) and its bookkeeping
+ *   seqlock.c  the seqlocked state frame of server mode
+ *   rescue.c   the GIL-free rescue thread; direct.cpp the libfranka calls
+ *   abi.c      what is checked before reading a pybind11 object's C++ value
+ *   clock.c    CLOCK_MONOTONIC time, timerfd, spin_until, wake_probe
+ *   testing.c  the entry points only tests use (named _test_*)
+ *   core.c     the Kernel type, its method table, the module
+ */
+#ifndef AIOFRANKA_KERNEL_H
+#define AIOFRANKA_KERNEL_H
+
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "laws.h"
+
+/* The arrays handed to Kernel(): index, length and name. */
+enum { B_Q, B_DQ, B_EE_RAW, B_EE, B_JAC, B_TAU_DES, B_TAU_CMD, B_TAU_LAST, B_DTAU, B_TAU_MAX, B_QMIN, B_QMAX,
+       B_COUNT };
+
+/* Layout of a published state frame, in float64 slots. Slot 0 holds the
+ * seqlock sequence number as a uint64 (odd while a write is under way).
+ * Matrices are column-major, as libfranka lays them out. */
+enum { F_SEQ = 0, F_TIME = 1, F_SUCCESS = 2, F_COUNT = 3, F_Q = 4, F_DQ = 11, F_EE = 18, F_JAC = 34, F_MASS = 76,
+       F_TAU_CMD = 125, F_TAU_EXT = 132, F_TAU_J = 139, F_LEN = 146 };
+
+/* The field offsets rescue_start is given: in RobotState, then in Torques. */
+enum { R_Q, R_DQ, R_EE, R_TAU_J, R_TAU_EXT, R_SUCCESS, R_TIME, R_TQ_TAU, R_TQ_FINISHED, R_COUNT };
+
+/* cycle() modes. */
+enum { MODE_IMPEDANCE = 0, MODE_OSC = 1, MODE_TORQUE = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer views[B_COUNT];
+    int held;
+    double *b[B_COUNT];
+    double ee_offset[16]; /* column-major; identity when unused */
+    int has_offset;
+    safety_params safety; /* its arrays point into b[] */
+    osc_params osc;
+    /* Optional per-cycle state publication (server mode): a seqlocked frame in
+     * shared memory, and the model's mass-matrix function. */
+    Py_buffer pub;
+    int has_pub;
+    PyObject *mass_fn;
+    double stage[F_LEN];
+    double published;
+    /* Held around each cycle written (see "the cycle lock" in cycle.c). */
+    atomic_int lock_word;
+    /* Every cycle written, whoever wrote it: when (CLOCK_MONOTONIC ns), the
+     * robot time (ms, -1 before the first), and the states lost in between. */
+    atomic_llong last_write_ns;
+    long long last_time_ms;
+    long long lost;
+    atomic_int finished; /* motion_finished was written: nothing more to serve */
+    atomic_int py_claim; /* a Python server wants the states: the rescue thread yields */
+    atomic_int rescued_last; /* the last cycle written was the rescue thread's */
+    atomic_ullong seq; /* odd while the rescue thread writes the state arrays */
+    double last_success;
+    /* The law's inputs as of the last cycle, for the rescue thread. */
+    int last_mode;
+    double last_scale;
+    double last_params[49];
+    /* The rescue thread (rescue.c). */
+    pthread_t r_thread;
+    int r_started;
+    atomic_int r_run;
+    int r_fd, r_priority;
+    long long r_after_ns, r_grace_ns;
+    void *r_ctl, *r_read, *r_write;
+    unsigned char *r_tq; /* the Torques object's C++ storage */
+    PyObject *r_ctl_obj, *r_tq_obj, *r_exc[3];
+    long r_off[R_COUNT];
+    unsigned char *r_state;
+    atomic_int r_error_kind;
+    char r_error[512];
+    atomic_llong rescued, r_episodes, r_longest_ns;
+} Kernel;
+
+/* Interned attribute names (core.c). */
+extern PyObject *s_readOnce, *s_writeOnce, *s_q, *s_dq, *s_O_T_EE, *s_time, *s_to_sec, *s_success,
+    *s_motion_finished, *s_tau_ext, *s_tau_J;
+
+/* core.c: reading Python values */
+int read_seq(PyObject *seq, double *out, Py_ssize_t n, const char *what);
+int read_attr(PyObject *state, PyObject *name, double *dst, Py_ssize_t n);
+int get_vec(PyObject *obj, Py_buffer *view, Py_ssize_t n, const char *what);
+PyObject *double_list(const double *values, Py_ssize_t n);
+
+/* cycle.c */
+void fill_pose(Kernel *self);
+void kernel_law(Kernel *self, int mode, const double *params, int paused);
+int kernel_safety(Kernel *self, double scale);
+PyObject *command_list(Kernel *self);
+void note_written(Kernel *self, long long time_ms, int finished);
+int lock_try(Kernel *self);
+void lock_release(Kernel *self);
+PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_fill(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_finish(Kernel *self, PyObject *arg);
+PyObject *Kernel_update_last(Kernel *self, PyObject *ignored);
+PyObject *Kernel_claim_next(Kernel *self, PyObject *ignored);
+PyObject *Kernel_new_session(Kernel *self, PyObject *ignored);
+PyObject *Kernel_seq(Kernel *self, PyObject *ignored);
+PyObject *Kernel_read_anyway(Kernel *self, PyObject *ignored);
+PyObject *Kernel_counters(Kernel *self, PyObject *ignored);
+
+/* seqlock.c */
+void seqlock_store(double *frame, const double *src, Py_ssize_t n);
+int get_frame(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t n, const char *what);
+void stage_common(Kernel *self, double time_ms, double success);
+int publish(Kernel *self, PyObject *state, double time_ms, double success);
+void Kernel_unpublish(Kernel *self);
+PyObject *Kernel_publish_to(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *k_seqlock_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+
+/* rescue.c */
+extern const char *const rescue_unavailable; /* NULL where the rescue thread is built */
+void rescue_join(Kernel *self);
+PyObject *rescue_raise(Kernel *self);
+PyObject *Kernel_rescue_start(Kernel *self, PyObject *args);
+PyObject *Kernel_rescue_stop(Kernel *self, PyObject *ignored);
+
+/* abi.c */
+int pybind11_value(PyObject *obj, const char *class_name, void **value, char *err, size_t n);
+PyObject *k_peek_value(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+
+/* clock.c */
+long long now_ns(void);
+void sleep_until_ns(long long t);
+int state_waiting(int fd, int timeout_ms);
+PyObject *k_timerfd_create(PyObject *mod, PyObject *ignored);
+PyObject *k_timerfd_arm(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+PyObject *k_timerfd_clear(PyObject *mod, PyObject *arg);
+PyObject *k_spin_until(PyObject *mod, PyObject *arg);
+PyObject *k_wake_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+
+/* testing.c: test-only entry points */
+PyObject *Kernel_test_impedance(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_test_osc(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_test_torque(Kernel *self, PyObject *arg);
+PyObject *k_test_flange_pose(PyObject *mod, PyObject *arg);
+PyObject *k_test_jacobian_at(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+PyObject *k_test_seqlock_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+
+#endif
