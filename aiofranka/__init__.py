@@ -89,8 +89,8 @@ __all__ = [
 _LAZY = {
     "Controller": ".loop.controller",
     "CudaInferenceThread": ".offload",
-    "Franka": ".franka",
-    "FrankaRemoteController": ".server",
+    "Franka": ".sync.franka",
+    "FrankaRemoteController": ".sync.remote",
     "ProcessProxy": ".offload",
     "ampify": ".offload",
     "async_input": ".offload",
@@ -107,9 +107,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop.controller import Controller
-    from .franka import Franka
+    from .sync.franka import Franka
     from .offload import CudaInferenceThread, ProcessProxy, ampify, async_input, asyncify, mpify
-    from .server import FrankaRemoteController
+    from .sync.remote import FrankaRemoteController
     from .robot import Robot, RobotState
     from .pacing import Pacer
     from .stats import SessionStats

@@ -2,7 +2,7 @@ import pylibfranka
 import pytest
 
 import aiofranka
-from aiofranka.exceptions import reflex_names, translate, translate_libfranka
+from aiofranka.robot.errors import reflex_names, translate, translate_libfranka
 
 
 def test_every_error_derives_from_the_base():

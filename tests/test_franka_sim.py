@@ -10,7 +10,7 @@ import pytest
 
 import aiofranka
 from aiofranka import Controller, Franka, FrankaRemoteController, limits
-from aiofranka.franka import _rotation_to_quaternion
+from aiofranka.sync.franka import _rotation_to_quaternion
 
 
 def _matrix(q: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ async def test_an_unverified_pylibfranka_version_is_refused(robot, monkeypatch):
 
 @pytest.mark.sim
 async def test_the_rescue_off_under_the_guardian_is_logged_once(robot, monkeypatch, caplog):
-    monkeypatch.setattr("aiofranka._rescue_abi._warned", False)  # once per process: as if none yet
+    monkeypatch.setattr("aiofranka.robot._abi._warned", False)  # once per process: as if none yet
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     caplog.set_level(logging.WARNING, logger="aiofranka")
     for _ in range(2):

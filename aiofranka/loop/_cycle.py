@@ -19,7 +19,8 @@ import threading
 import time
 
 from .. import _kernel, validation
-from ..exceptions import AiofrankaError, ControlLawError, ControllerStoppedError, EventLoopStallError, translate
+from ..exceptions import AiofrankaError, ControlLawError, ControllerStoppedError, EventLoopStallError
+from ..robot.errors import translate
 from ..stats import LatencyHistogram, LoopStats
 from .command import IMPEDANCE, MODES, OSC, TORQUE, Commands
 from ._schedule import Schedule

@@ -16,10 +16,11 @@ import time
 
 import numpy as np
 
-from .. import _os, _rescue_abi, limits, validation
-from ..exceptions import ControllerStateError, ControllerStoppedError, MotionTimeoutError, translate
+from .. import _os, limits, validation
+from ..exceptions import ControllerStateError, ControllerStoppedError, MotionTimeoutError
 from ..pacing import DeadlineGrid
-from ..robot import Robot, RobotState
+from ..robot import Robot, RobotState, _abi as _rescue_abi
+from ..robot.errors import translate
 from ..stats import LoopStats  # noqa: F401 - the type of stats
 from . import command
 from ._bridge import call_on_loop

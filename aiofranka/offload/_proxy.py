@@ -747,3 +747,28 @@ def _stop_all_at_exit() -> None:
             proxy.stop(timeout=1.0)
         except Exception:  # noqa: BLE001
             pass
+
+
+# -- the launcher's interface (to_process.py): module functions, so that no
+# method name shadows an attribute of the remote object -------------------------
+
+
+def expect_ready(proxy: ProcessProxy, fut, loop) -> None:
+    """Settle ``fut`` (on ``loop``, or a SyncWaiter) when the child reports ready or fails to start."""
+    proxy._pending[0] = Pending(fut, loop, None, "start")
+
+
+def wait_ready_sync(proxy: ProcessProxy, fut, deadline: float | None) -> bool:
+    """Block until ``fut`` is done, reading the child's pipe here; False on timeout."""
+    return proxy._wait_sync(fut, deadline)
+
+
+def attach_starting(proxy: ProcessProxy, loop) -> None:
+    """Watch the child's pipe from ``loop`` while it is still starting."""
+    proxy._attach_starting(loop)
+
+
+def abort(proxy: ProcessProxy) -> None:
+    """Stop watching the child (on the loop's thread) and kill it; stop() still reaps it."""
+    proxy._detach()
+    proxy._kill()

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 from .._os import demote_to_normal
 from ..exceptions import OffloadError
-from . import _shm
+from . import _proxy, _shm
 from ._child import child_main
 from ._mainguard import check_main_guard, check_not_bootstrapping, main_call_site
-from ._pending import Pending, SyncWaiter
+from ._pending import SyncWaiter
 from ._proxy import ProcessProxy, running_loop
 from ._wire import import_cloudpickle
 
@@ -103,8 +103,7 @@ class _Starter:
 
 
 def _stop_in_background(proxy: ProcessProxy) -> None:
-    proxy._detach()  # on the loop's thread: removes the readers at once
-    proxy._kill()
+    _proxy.abort(proxy)  # on the loop's thread: removes the readers at once
     threading.Thread(target=proxy.stop, args=(1.0,), name="aiofranka-mpify-stop", daemon=True).start()
 
 
@@ -167,9 +166,9 @@ def mpify(
     proxy = starter.proxy
     assert proxy is not None
     ready = SyncWaiter()
-    proxy._pending[0] = Pending(ready, None, None, "start")
+    _proxy.expect_ready(proxy, ready, None)
     try:
-        if not proxy._wait_sync(ready, deadline):
+        if not _proxy.wait_ready_sync(proxy, ready, deadline):
             raise OffloadError(f"the mpify child process did not become ready within {start_timeout} s")
         ready.result()
     except BaseException:
@@ -236,9 +235,9 @@ async def ampify(
     proxy = starter.proxy
     assert proxy is not None
     ready = loop.create_future()
-    proxy._pending[0] = Pending(ready, loop, None, "start")
+    _proxy.expect_ready(proxy, ready, loop)
     try:
-        proxy._attach_starting(loop)
+        _proxy.attach_starting(proxy, loop)
         await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
     except asyncio.CancelledError:
         _stop_in_background(proxy)

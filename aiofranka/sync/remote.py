@@ -32,14 +32,14 @@ import threading
 
 import numpy as np
 
-from . import _kernel, validation
-from .exceptions import ControllerStateError, WorkerCrashedError
-from ._os import fifo_priority, promote
-from .loop._bridge import call_on_loop
-from .loop.command import SETTABLE, TABLE, check_mode, validate
-from .offload._shm import Mapped as _Mapped, Owned as _Owned
-from .offload.to_process import mpify
-from .robot import RobotState
+from .. import _kernel, validation
+from ..exceptions import ControllerStateError, WorkerCrashedError
+from .._os import fifo_priority, promote
+from ..loop._bridge import call_on_loop
+from ..loop.command import SETTABLE, TABLE, check_mode, validate
+from ..offload._shm import Mapped as _Mapped, Owned as _Owned
+from ..offload.to_process import mpify
+from ..robot import RobotState
 
 __all__ = ["FrankaRemoteController"]
 
@@ -56,7 +56,7 @@ _OPTIONS = ("torque_rate_limit", "joint_limit_margin", "joint_limit_stiffness", 
 
 
 def _controller_parameters() -> tuple[str, ...]:
-    from .loop.controller import Controller
+    from ..loop.controller import Controller
 
     names = list(inspect.signature(Controller.__init__).parameters)
     return tuple(n for n in names if n not in ("self", "robot"))
@@ -88,8 +88,8 @@ class _ControllerServer:
             raise
 
     def _main(self, ip, robot_options, controller_options, ready) -> None:
-        from .loop.controller import Controller
-        from .robot import Robot
+        from ..loop.controller import Controller
+        from ..robot import Robot
 
         loop = self._loop
         asyncio.set_event_loop(loop)

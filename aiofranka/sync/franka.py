@@ -6,9 +6,9 @@ import asyncio
 
 import numpy as np
 
-from . import validation
-from .exceptions import ControllerStateError, SessionStateError
-from .loop import command
+from .. import validation
+from ..exceptions import ControllerStateError, SessionStateError
+from ..loop import command
 
 __all__ = ["Franka"]
 
@@ -79,8 +79,8 @@ class Franka:
 
     def __init__(self, controller, *, action: str = "q_desired", reset_q=None, reset_speed: float = 0.3,
                  timeout: float = 2.0) -> None:
-        from .loop.controller import Controller
-        from .server import FrankaRemoteController
+        from ..loop.controller import Controller
+        from .remote import FrankaRemoteController
 
         if isinstance(controller, FrankaRemoteController):
             self._local = False

@@ -33,7 +33,7 @@ def rescue_refusal() -> str | None:
     if not sys.platform.startswith("linux") or machine != "x86_64":
         return (f"the rescue thread needs x86-64 Linux, this is {sys.platform} {machine or 'unknown'} "
                 "(it calls libfranka with the x86-64 convention for a returned struct)")
-    from . import _kernel
+    from .. import _kernel
 
     if _kernel.RESCUE_UNAVAILABLE:
         return _kernel.RESCUE_UNAVAILABLE

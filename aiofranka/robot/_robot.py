@@ -1,22 +1,23 @@
-"""The connection to an FR3 (or the embedded simulator) over pylibfranka.
+"""Robot: the connection to an FR3 (or the embedded simulator) over pylibfranka.
 
-:class:`Robot` is the one seam between aiofranka and the arm: everything that
-talks to libfranka goes through it, and every pylibfranka exception is
-translated here (see :mod:`aiofranka.exceptions`).
+Everything aiofranka asks of libfranka goes through this class or the kernel
+it hands arrays to; see docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 
 import numpy as np
 
-from .exceptions import InvalidOperationError, MissingDependencyError, RobotConnectionError, translate_libfranka
-from ._os import fifo_priority, is_fifo, promote, restore_thread_scheduling, set_normal, thread_scheduling
+from .._os import fifo_priority, is_fifo, promote, restore_thread_scheduling, set_normal, thread_scheduling
+from ..exceptions import InvalidOperationError, MissingDependencyError, RobotConnectionError
+from ._layout import measure_layout, udp_sockets
+from .errors import translate_libfranka
+from .state import RobotState, StateBuffer
 
-__all__ = ["Robot", "RobotState"]
+__all__ = ["Robot"]
 
 
 def _pylibfranka():
@@ -27,193 +28,12 @@ def _pylibfranka():
     return pylibfranka
 
 
-def _udp_sockets() -> set[int]:
-    """File descriptors of this process's UDP (IPv4/IPv6 datagram) sockets."""
-    import socket
-
-    found = set()
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return found
-    for name in names:
-        fd = int(name)
-        try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            probe = socket.socket(fileno=os.dup(fd))
-        except OSError:
-            continue
-        try:
-            if probe.type == socket.SOCK_DGRAM and probe.family in (socket.AF_INET, socket.AF_INET6):
-                found.add(fd)
-        finally:
-            probe.close()
-    return found
-
-
-# Values written into a state's fields to find them in its C++ bytes: nothing
-# a robot reports looks like them.
-_MARKERS = {name: 1000.0 + 17.0 * k + 0.001953125 * np.arange(1, n + 1)
-            for k, (name, n) in enumerate((("q", 7), ("dq", 7), ("O_T_EE", 16), ("tau_J", 7),
-                                           ("tau_ext_hat_filtered", 7)))}
-_SUCCESS_MARKER = 0.6180339887498949
-_STATE_BYTES = 16384
-
-
-def _find(memory: bytes, values: np.ndarray, what: str) -> int:
-    """Offset of the first copy of ``values`` (the object's own field comes
-    before anything the search may reach past the object's end)."""
-    at = memory.find(np.ascontiguousarray(values, dtype=np.float64).tobytes())
-    if at < 0 or at % 8:
-        raise ValueError(f"{what} not found")
-    return at
-
-
-def _measure_layout(pf, robot) -> tuple:
-    """Byte offsets for ``Kernel.rescue_start``; see :meth:`Robot.direct_layout`."""
-    from . import _kernel
-
-    first = robot.read_once()
-    second = robot.read_once()
-    for _ in range(20):  # two states a robot millisecond apart or more
-        if second.time.to_sec() != first.time.to_sec():
-            break
-        second = robot.read_once()
-    ms = [round(s.time.to_sec() * 1000) for s in (first, second)]
-    if ms[0] == ms[1]:
-        raise ValueError("the robot's time did not advance")
-    for name, values in _MARKERS.items():
-        setattr(first, name, values.tolist())
-    first.control_command_success_rate = _SUCCESS_MARKER
-    memory = _kernel.peek_value(first, _STATE_BYTES)
-    other = _kernel.peek_value(second, _STATE_BYTES)
-    offsets = [_find(memory, values, name) for name, values in _MARKERS.items()]
-    success = _find(memory, np.array([_SUCCESS_MARKER]), "control_command_success_rate")
-    words = [np.frombuffer(m[:min(len(memory), len(other)) // 8 * 8], dtype=np.uint64) for m in (memory, other)]
-    hits = np.nonzero((words[0] == ms[0]) & (words[1] == ms[1]))[0] * 8
-    hits = hits[hits > success]
-    if not len(hits):
-        raise ValueError("time not found after control_command_success_rate")
-    time_at = int(hits[0])
-    widths = [8 * len(values) for values in _MARKERS.values()]
-    if any(at + width > time_at for at, width in zip(offsets, widths)):
-        raise ValueError("fields found past the state's last field (time)")
-    torque_values = _MARKERS["tau_J"]
-    command = pf.Torques(torque_values.tolist())
-    before = _kernel.peek_value(command, 256)
-    tau_at = _find(before, torque_values, "Torques.tau_J")
-    command.motion_finished = True
-    after = _kernel.peek_value(command, 256)
-    changed = [i for i in range(min(len(before), len(after))) if before[i] != after[i]]
-    if len(changed) != 1 or after[changed[0]] != 1:
-        raise ValueError("Torques.motion_finished not found")
-    return (*offsets, success, time_at, tau_at, changed[0]), time_at + 8
-
-
 def _has_preempt_rt() -> bool:
     try:
         with open("/sys/kernel/realtime") as handle:
             return handle.read().strip() == "1"
     except OSError:
         return "PREEMPT_RT" in os.uname().version
-
-
-@dataclasses.dataclass(frozen=True)
-class RobotState:
-    """A consistent snapshot of the arm (arrays are private copies).
-
-    * ``q``, ``dq``: joint positions (rad) and velocities (rad/s), shape (7,).
-    * ``ee``: end-effector pose in the base frame, 4x4 homogeneous (m).
-    * ``jacobian``: zero Jacobian of the end effector, (6, 7), linear part first.
-    * ``mass``: joint-space mass matrix (7, 7) (kg m^2).
-    * ``tau_ext``: filtered external torque estimate (N m), (7,).
-    * ``tau_measured``: measured link-side joint torques (N m), (7,).
-    * ``tau_command``: the last torque aiofranka commanded (N m), (7,).
-    * ``success_rate``: fraction of the last 100 commands the robot received.
-    * ``time_ms``: the robot's millisecond counter.
-    """
-
-    q: np.ndarray
-    dq: np.ndarray
-    ee: np.ndarray
-    jacobian: np.ndarray
-    mass: np.ndarray
-    tau_ext: np.ndarray
-    tau_measured: np.ndarray
-    tau_command: np.ndarray
-    success_rate: float
-    time_ms: int
-
-
-class StateBuffer:
-    """Preallocated arrays for one control session, and the C kernel working on them.
-
-    ``kernel`` (:class:`aiofranka._kernel.Kernel`) fills ``q``, ``dq`` and the
-    pose from a pylibfranka state, computes the laws into ``tau_desired``, and
-    filters them into ``tau_command`` (see ``csrc/``). Matrices are
-    column-major storage exposed as transposed numpy views, as libfranka lays
-    them out. The torque readings and the model's Jacobian and mass matrix are
-    filled only when a snapshot is taken: the loop does not need them.
-    """
-
-    def __init__(self, ee_offset: np.ndarray | None = None, *, tau_max=None, dtau_max=None, q_min=None,
-                 q_max=None, margin: float = 0.1, stiffness: float = 100.0, damping: float = 5.0) -> None:
-        from . import _kernel, limits
-
-        self.q = np.zeros(7)
-        self.dq = np.zeros(7)
-        self._ee_raw_flat = np.eye(4).reshape(16).copy()
-        self._ee_flat = self._ee_raw_flat if ee_offset is None else np.eye(4).reshape(16).copy()
-        self.ee = self._ee_flat.reshape(4, 4).T
-        self._jac_flat = np.zeros(42)
-        self.jacobian = self._jac_flat.reshape(7, 6).T
-        self._mass_flat = np.zeros(49)
-        self.mass = self._mass_flat.reshape(7, 7).T
-        self.tau_ext = np.zeros(7)
-        self.tau_measured = np.zeros(7)
-        self.tau_desired = np.zeros(7)
-        self.tau_command = np.zeros(7)
-        self.tau_last = np.zeros(7)
-        self.dtau_max = np.full(7, limits.DTAU_MAX_PER_CYCLE * 0.95) if dtau_max is None else np.array(dtau_max, float)
-        self.tau_max = np.array(limits.TAU_MAX if tau_max is None else tau_max, dtype=float)
-        self.q_min = np.array(limits.Q_MIN if q_min is None else q_min, dtype=float)
-        self.q_max = np.array(limits.Q_MAX if q_max is None else q_max, dtype=float)
-        self.kernel = _kernel.Kernel(
-            self.q, self.dq, self._ee_raw_flat, self._ee_flat, self._jac_flat, self.tau_desired,
-            self.tau_command, self.tau_last, self.dtau_max, self.tau_max, self.q_min, self.q_max,
-            None if ee_offset is None else np.asarray(ee_offset, dtype=float).reshape(16).tolist(),
-            margin, stiffness, damping)
-        self.success_rate = 0.0
-        self.time_ms = 0
-        self.dynamics_time_ms = -1
-        self.raw = None  # the pylibfranka state the arrays came from
-
-    def fill(self, state) -> None:
-        """Copy what a cycle needs from a pylibfranka state (not used by the loop itself)."""
-        self.raw = state
-        self.kernel.fill(state.q, state.dq, state.O_T_EE)
-        self.success_rate = state.control_command_success_rate
-        self.time_ms = round(state.time.to_sec() * 1000.0)
-
-    def fill_dynamics(self, model) -> None:
-        """Jacobian and mass matrix of the latest state, from libfranka's model."""
-        self._jac_flat[:] = model.zero_jacobian(self.raw)
-        self._mass_flat[:] = model.mass(self.raw)
-        self.dynamics_time_ms = self.time_ms
-
-    def snapshot(self, model=None) -> RobotState:
-        if self.raw is not None:
-            self.tau_ext[:] = self.raw.tau_ext_hat_filtered
-            self.tau_measured[:] = self.raw.tau_J
-            if model is not None and self.dynamics_time_ms != self.time_ms:
-                self.fill_dynamics(model)
-        return RobotState(
-            q=self.q.copy(), dq=self.dq.copy(), ee=self.ee.copy(), jacobian=self.jacobian.copy(),
-            mass=self.mass.copy(), tau_ext=self.tau_ext.copy(), tau_measured=self.tau_measured.copy(),
-            tau_command=self.tau_command.copy(), success_rate=float(self.success_rate),
-            time_ms=int(self.time_ms),
-        )
 
 
 class Robot:
@@ -265,14 +85,14 @@ class Robot:
         self._pf = pf
         self.simulator = None
         if ip is None:
-            from .sim import Simulator
+            from ..sim import Simulator
 
             self.simulator = Simulator(**(sim or {})).start()
             ip = self.simulator.host
         self.ip = ip
         enforce = _has_preempt_rt() if realtime == "auto" else bool(realtime)
         config = pf.RealtimeConfig.kEnforce if enforce else pf.RealtimeConfig.kIgnore
-        before = _udp_sockets()
+        before = udp_sockets()
         self._sched_saved = thread_scheduling(threading.get_native_id())
         self._sched_set = None
         try:
@@ -281,7 +101,7 @@ class Robot:
         except BaseException:
             self._stop_simulator()
             raise
-        new = _udp_sockets() - before
+        new = udp_sockets() - before
         #: The file descriptor of libfranka's UDP socket (the robot's state
         #: packets arrive there), when exactly one appeared while connecting;
         #: ``None`` otherwise. The controller waits for it to become readable
@@ -406,7 +226,7 @@ class Robot:
             self._check_open()
             try:
                 with translate_libfranka():
-                    self._direct = _measure_layout(self._pf, self._robot)
+                    self._direct = measure_layout(self._pf, self._robot)
             except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
                 self._direct = f"could not measure libfranka's layout: {exc}"
         return self._direct
