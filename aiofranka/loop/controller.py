@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .. import _os, limits, validation
-from ..exceptions import ControllerStateError, ControllerStoppedError, MotionTimeoutError
+from ..exceptions import ControllerStateError, ControllerStoppedError
 from ..pacing import DeadlineGrid
 from ..robot import Robot, RobotState, _abi as _rescue_abi
 from ..robot.errors import translate
@@ -28,7 +28,7 @@ from ._cycle import Cycle, user_error
 from ._schedule import Schedule
 from .command import MODES, SETTABLE, Commands
 from .guardian import Guardian, watch_gc
-from .trajectory import plan_joint_motion
+from .trajectory import follow, plan_joint_motion
 
 __all__ = ["Controller", "MODES", "SETTABLE"]
 
@@ -464,36 +464,8 @@ class Controller:
         self._require_running()
         if cycle.mode != command.IMPEDANCE:
             self.switch("impedance")
-        done = cycle.follow(trajectory)
-        limit_ms = 1000.0 * (timeout if timeout is not None else trajectory.duration + 2.0)
-        deadline_ms = self._buf.time_ms + limit_ms
-        timer = cycle.wait_until(deadline_ms)
-        try:
-            await asyncio.wait({done, timer}, return_when=asyncio.FIRST_COMPLETED)
-            if done.done():
-                done.result()  # raises if interrupted
-                while np.max(np.abs(self._buf.q - target)) > tolerance and not timer.done():
-                    await self._await_loop(cycle.wait_until(self._buf.time_ms + 5))
-            if timer.done() and np.max(np.abs(self._buf.q - target)) > tolerance:
-                timer.result()  # raises ControllerStoppedError if the loop ended
-                self._raise_stored_error()
-                if cycle.is_following(trajectory):
-                    cycle.hold_trajectory_here()
-                    cycle.cancel_trajectory("move() timed out")
-                error = np.max(np.abs(self._buf.q - target))
-                raise MotionTimeoutError(f"move() did not arrive within {limit_ms / 1000.0:.2f} s of robot time "
-                                         f"(largest joint error {error:.4f} rad)")
-        except ControllerStoppedError:
-            self._raise_stored_error()
-            raise
-        except asyncio.CancelledError:
-            if cycle.is_following(trajectory):
-                cycle.hold_trajectory_here()
-                cycle.cancel_trajectory("move() was cancelled")
-            raise
-        finally:
-            if not timer.done():
-                timer.cancel()
+        await follow(cycle, trajectory, target, tolerance=tolerance, timeout=timeout,
+                     wait=self._await_loop, check=self._raise_stored_error)
 
     # -- state and figures -------------------------------------------------
 

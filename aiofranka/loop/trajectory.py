@@ -13,7 +13,7 @@ import asyncio
 import numpy as np
 
 from .. import limits
-from ..exceptions import MissingDependencyError
+from ..exceptions import ControllerStoppedError, MissingDependencyError, MotionTimeoutError
 
 try:  # imported here, not in move(): a first import inside the loop stalls it for milliseconds
     from ruckig import InputParameter, Result, Ruckig, Trajectory
@@ -77,3 +77,45 @@ def plan_joint_motion(q_start, dq_start, q_target, *, speed: float) -> JointTraj
         raise ValueError(f"no trajectory to q={list(q_target)} within the FR3 limits (ruckig: {result})")
     n = max(2, int(np.ceil(trajectory.duration * 1000.0)) + 1)
     return JointTrajectory(trajectory, n, np.asarray(q_target, dtype=float))
+
+
+async def follow(cycle, trajectory: JointTrajectory, target: np.ndarray, *, tolerance: float,
+                 timeout: float | None, wait, check) -> None:
+    """Have ``cycle`` follow ``trajectory``; return once it ended and every joint is within ``tolerance`` of ``target``.
+
+    ``wait(future)`` awaits a robot-time future of the cycle (raising the
+    loop's error if it died); ``check()`` raises the loop's stored error.
+    Raises :class:`MotionTimeoutError` after ``timeout`` s of robot time
+    (default: the trajectory's duration plus 2 s); on timeout or cancellation
+    the arm holds where the trajectory had got to.
+    """
+    buf = cycle.buf
+    done = cycle.follow(trajectory)
+    limit_ms = 1000.0 * (timeout if timeout is not None else trajectory.duration + 2.0)
+    timer = cycle.wait_until(buf.time_ms + limit_ms)
+    try:
+        await asyncio.wait({done, timer}, return_when=asyncio.FIRST_COMPLETED)
+        if done.done():
+            done.result()  # raises if interrupted
+            while np.max(np.abs(buf.q - target)) > tolerance and not timer.done():
+                await wait(cycle.wait_until(buf.time_ms + 5))
+        if timer.done() and np.max(np.abs(buf.q - target)) > tolerance:
+            timer.result()  # raises ControllerStoppedError if the loop ended
+            check()
+            if cycle.is_following(trajectory):
+                cycle.hold_trajectory_here()
+                cycle.cancel_trajectory("move() timed out")
+            error = np.max(np.abs(buf.q - target))
+            raise MotionTimeoutError(f"move() did not arrive within {limit_ms / 1000.0:.2f} s of robot time "
+                                     f"(largest joint error {error:.4f} rad)")
+    except ControllerStoppedError:
+        check()
+        raise
+    except asyncio.CancelledError:
+        if cycle.is_following(trajectory):
+            cycle.hold_trajectory_here()
+            cycle.cancel_trajectory("move() was cancelled")
+        raise
+    finally:
+        if not timer.done():
+            timer.cancel()

@@ -1,23 +1,9 @@
 """Server mode: the 1 kHz loop in a process of its own, behind a synchronous API.
 
-:class:`FrankaRemoteController` spawns a child process that owns the robot
-connection and runs a :class:`~aiofranka.Controller` on its own event loop.
-The user's script, however much Python it runs, then never shares a GIL with
-the loop. Two channels join the processes:
-
-* **State**, one way, every cycle: the child's C kernel writes the state into
-  a shared-memory frame under a seqlock right after each command (see
-  ``csrc/seqlock.c``: ``publish_to``, ``seqlock_read``). Reading ``state`` copies
-  the latest whole frame without a round trip; a frame being written is
-  retried, so a snapshot is never torn.
-* **Commands**, with replies: method calls over the ``mpify`` channel (an
-  anonymous socket pair, so no other process can open it), each with a reply
-  timeout. An exception in the child (a reflex, a bad value) comes back as its
-  own type with the child's traceback as ``__cause__``; a dead child fails the
-  pending and every later call with :class:`~aiofranka.WorkerCrashedError`.
-
-The frame is POSIX shared memory created with mode 0600. The child exits when
-the parent does, ramping the arm down first.
+:class:`FrankaRemoteController` spawns a child that owns the robot and runs a
+Controller on its own event loop. State comes back every cycle through a
+shared-memory frame under a seqlock; commands go over the ``mpify`` channel
+with reply timeouts. See docs/server.md.
 """
 
 from __future__ import annotations
