@@ -43,11 +43,24 @@ def vector(name: str, value, n: int, *, broadcast: bool = False) -> np.ndarray:
     return _frozen(array)
 
 
-def gains(name: str, value, n: int) -> np.ndarray:
-    """Non-negative finite gains of shape (n,) (a scalar is broadcast)."""
+def gains(name: str, value, n: int, *, upper=None, unit="", why=None) -> np.ndarray:
+    """Non-negative finite gains of shape (n,) (a scalar is broadcast), each at most ``upper[i]``.
+
+    ``unit``: one for all, or one per index; ``why(i)`` says why gain ``i``
+    is bounded. The error names the parameter, the index, the bound and that reason.
+    """
     array = vector(name, value, n, broadcast=True)
     if np.any(array < 0):
         raise ValueError(f"{name} must be non-negative, got {array.tolist()}")
+    if upper is not None:
+        over = np.flatnonzero(array > upper)
+        if over.size:
+            i = int(over[0])
+            where = f"{name}[{i}]" if n > 1 else name
+            reason = f": {why(i)}" if why is not None else ""
+            units = unit if isinstance(unit, str) else unit[i]
+            raise ValueError(f"{where} = {array[i]:g} is above its bound {float(upper[i]):.6g} {units}{reason}, "
+                             f"so a value that large is surely a typo (docs/controller.md#gain-bounds)")
     return array
 
 

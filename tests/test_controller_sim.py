@@ -167,6 +167,7 @@ async def test_awaiting_instead_of_blocking_is_fine(controller):
     ("q_desired", [np.nan] * 7, "q_desired must be finite"),
     ("kp", np.ones(6), r"kp must have shape \(7,\), got \(6,\)"),
     ("kd", [-1.0] * 7, "kd must be non-negative"),
+    ("kp", 60000.0, r"kp\[4\] = 60000 is above its bound 12000 N m/rad"),
     ("ee_desired", np.diag([2.0, 1.0, 1.0, 1.0]), "ee_desired must hold a proper rotation"),
     ("torque", np.zeros(6), r"torque must have shape \(7,\)"),
 ])
@@ -179,6 +180,15 @@ async def test_bad_input_names_the_parameter_and_the_arm_keeps_holding(controlle
     await controller.wait(0.3)
     assert controller.running
     assert np.max(np.abs(controller.state.q - before.q)) < 0.002
+
+
+def test_the_joint_limit_guard_gains_are_bounded(robot):
+    with pytest.raises(ValueError, match=r"joint_limit_stiffness = 60000 is above its bound 12000 N m/rad: "):
+        Controller(robot, joint_limit_stiffness=60000)
+    controller = Controller(robot)
+    with pytest.raises(ValueError, match=r"joint_limit_damping = 5000 is above its bound 1200 N m s/rad: "):
+        controller.joint_limit_damping = 5000
+    assert controller.joint_limit_damping == 5.0
 
 
 async def test_unknown_mode_and_name_are_value_errors(controller):

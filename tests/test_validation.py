@@ -70,3 +70,58 @@ def test_positive():
             validation.positive("hz", bad)
     with pytest.raises(ValueError, match="at most"):
         validation.positive("speed", 2.0, upper=1.0)
+
+
+# -- gain bounds (docs/controller.md#gain-bounds) ------------------------------
+
+def test_a_typo_gain_is_refused_naming_the_parameter_index_bound_and_reason():
+    from aiofranka.loop import command
+
+    with pytest.raises(ValueError, match=r"kp\[4\] = 60000 is above its bound 12000 N m/rad: at that stiffness "
+                                         r"a 1 mrad error would command joint 5's whole torque limit \(12 N m\)"):
+        command.validate("kp", 60000.0)
+    with pytest.raises(ValueError, match=r"ee_kp\[1\] = 1e\+06 is above its bound 101754 N/m: .* 1 mm error "
+                                         r"along y"):
+        command.validate("ee_kp", [1000.0, 1e6, 1000.0, 60.0, 60.0, 60.0])
+
+
+@pytest.mark.parametrize("name, n", [("kp", 7), ("kd", 7), ("ee_kp", 6), ("ee_kd", 6), ("null_kp", 7),
+                                     ("null_kd", 7), ("joint_limit_stiffness", 1), ("joint_limit_damping", 1)])
+def test_every_gain_is_bounded_per_index_and_the_bound_itself_passes(name, n):
+    from aiofranka.loop import command
+
+    upper, _unit, _why = command.GAIN_BOUNDS[name]
+    assert upper.shape == (n,)
+    command.gains(name, upper, n)  # at the bound: accepted
+    for i in range(n):
+        value = upper.copy()
+        value[i] *= 1.001
+        where = f"{name}\\[{i}\\]" if n > 1 else name
+        with pytest.raises(ValueError, match=rf"^{where} = .* is above its bound {upper[i]:.6g} .*: .*would"):
+            command.gains(name, value, n)
+
+
+def test_the_bounds_follow_from_the_torque_limits():
+    # A stiffness at its bound spends the whole torque limit on a 1 mrad error;
+    # a damping at its bound, on 10 mrad/s.
+    assert np.allclose(limits.KP_MAX * 1e-3, limits.TAU_MAX)
+    assert np.allclose(limits.KD_MAX * 1e-2, limits.TAU_MAX)
+    assert np.allclose(limits.EE_KP_MAX[:3] * 1e-3 * limits.REACH, limits.TAU_MAX[0])
+    assert np.allclose(limits.EE_KP_MAX[3:] * 1e-3, limits.TAU_MAX[6])
+
+
+def test_defaults_and_the_values_the_docs_and_examples_use_pass():
+    import inspect
+
+    from aiofranka import Controller
+    from aiofranka.loop import command
+
+    for setting in command.TABLE:
+        command.validate(setting.name, setting.default)
+    options = inspect.signature(Controller.__init__).parameters
+    for name in ("joint_limit_stiffness", "joint_limit_damping"):
+        command.gains(name, options[name].default, 1)
+    command.validate("kp", 300.0)  # docs/controller.md
+    command.validate("kd", [40, 40, 40, 40, 20, 15, 10])
+    command.validate("kp", [600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])  # benchmarks/loop.py
+    command.validate("kd", [50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import limits, validation
 
-__all__ = ["MODES", "SETTABLE", "TABLE", "Commands", "Setting", "check_mode", "validate"]
+__all__ = ["GAIN_BOUNDS", "MODES", "SETTABLE", "TABLE", "Commands", "Setting", "check_mode", "gains", "validate"]
 
 #: Control modes accepted by ``Controller.switch``.
 MODES = ("impedance", "osc", "torque")
@@ -45,8 +45,56 @@ class Setting:
     default: object
 
 
+_AXES = ("x", "y", "z", "rx", "ry", "rz")
+_MRAD = f"{limits.GAIN_ERROR * 1e3:g} mrad"
+_MRAD_S = f"{limits.GAIN_SPEED * 1e3:g} mrad/s"
+_MM = f"{limits.GAIN_ERROR * 1e3:g} mm"
+_MM_S = f"{limits.GAIN_SPEED * 1e3:g} mm/s"
+
+
+def _joint(what: str) -> Callable[[int], str]:
+    return lambda i: f"{what} would command joint {i + 1}'s whole torque limit ({limits.TAU_MAX[i]:g} N m)"
+
+
+def _task(linear: str, angular: str) -> Callable[[int], str]:
+    def why(i: int) -> str:
+        if i < 3:
+            return (f"{linear} along {_AXES[i]} would ask {limits.FORCE_REF:.0f} N, which loads a shoulder joint "
+                    f"to its limit ({limits.TAU_MAX[0]:g} N m) with the arm outstretched ({limits.REACH} m)")
+        return f"{angular} about {_AXES[i]} would ask {limits.MOMENT_REF:g} N m, a wrist joint's whole torque limit"
+    return why
+
+
+#: The bounds of every gain and why (docs/controller.md#gain-bounds): the gain
+#: that would spend a whole torque limit on a tiny error or velocity.
+#: name -> (upper bound per index, unit, why(index)).
+GAIN_BOUNDS = {
+    "kp": (limits.KP_MAX, "N m/rad", _joint(f"at that stiffness a {_MRAD} error")),
+    "kd": (limits.KD_MAX, "N m s/rad", _joint(f"at that damping a {_MRAD_S} velocity")),
+    "ee_kp": (limits.EE_KP_MAX, ("N/m",) * 3 + ("N m/rad",) * 3,
+              _task(f"at that stiffness a {_MM} error", f"at that stiffness a {_MRAD} error")),
+    "ee_kd": (limits.EE_KD_MAX, ("N s/m",) * 3 + ("N m s/rad",) * 3,
+              _task(f"at that damping a {_MM_S} velocity", f"at that damping a {_MRAD_S} velocity")),
+    "null_kp": (limits.KP_MAX, "N m/rad", _joint(f"at that stiffness a {_MRAD} error")),
+    "null_kd": (limits.KD_MAX, "N m s/rad", _joint(f"at that damping a {_MRAD_S} velocity")),
+    # One value for every joint: bounded by the smallest torque limit (the wrist's).
+    "joint_limit_stiffness": (limits.KP_MAX[-1:], "N m/rad",
+                              lambda i: f"a {_MRAD} push into the guard band would command the wrist joints' "
+                                        f"whole torque limit ({limits.TAU_MAX[-1]:g} N m)"),
+    "joint_limit_damping": (limits.KD_MAX[-1:], "N m s/rad",
+                            lambda i: f"a {_MRAD_S} velocity in the guard band would command the wrist joints' "
+                                      f"whole torque limit ({limits.TAU_MAX[-1]:g} N m)"),
+}
+
+
+def gains(name: str, value, n: int) -> np.ndarray:
+    """``validation.gains`` with the bound of gain ``name`` from :data:`GAIN_BOUNDS`."""
+    upper, unit, why = GAIN_BOUNDS[name]
+    return validation.gains(name, value, n, upper=upper, unit=unit, why=why)
+
+
 def _gains(n: int) -> Callable[[str, object], np.ndarray]:
-    return lambda name, value: validation.gains(name, value, n)
+    return lambda name, value: gains(name, value, n)
 
 
 TABLE: tuple[Setting, ...] = (

@@ -94,8 +94,8 @@ class Controller:
             raise ValueError(f"torque_rate_limit must be below {limits.DTAU_MAX_PER_CYCLE} N m per cycle "
                              f"(the robot's tolerance), got {torque_rate_limit!r}")
         margin = validation.positive("joint_limit_margin", joint_limit_margin, upper=0.5)
-        stiffness = float(validation.gains("joint_limit_stiffness", joint_limit_stiffness, 1)[0])
-        damping = float(validation.gains("joint_limit_damping", joint_limit_damping, 1)[0])
+        stiffness = float(command.gains("joint_limit_stiffness", joint_limit_stiffness, 1)[0])
+        damping = float(command.gains("joint_limit_damping", joint_limit_damping, 1)[0])
         stop_ramp = validation.positive("stop_ramp", stop_ramp, upper=5.0)
         self._switch_interval = validation.positive("switch_interval", switch_interval, upper=0.1)
         if wait not in ("auto", "socket", "timerfd", "yield"):
@@ -168,10 +168,10 @@ class Controller:
         "margin", lambda v: validation.positive("joint_limit_margin", v, upper=0.5),
         "Width of the guard band near each joint limit (rad).")
     joint_limit_stiffness = _kernel_option(
-        "stiffness", lambda v: float(validation.gains("joint_limit_stiffness", v, 1)[0]),
+        "stiffness", lambda v: float(command.gains("joint_limit_stiffness", v, 1)[0]),
         "Spring of the joint-limit guard (N m/rad).")
     joint_limit_damping = _kernel_option(
-        "damping", lambda v: float(validation.gains("joint_limit_damping", v, 1)[0]),
+        "damping", lambda v: float(command.gains("joint_limit_damping", v, 1)[0]),
         "Damper of the joint-limit guard (N m s/rad).")
     del _kernel_option
 
