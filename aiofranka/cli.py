@@ -83,12 +83,19 @@ def _priority(text: str) -> int:
     return value
 
 
+def _loopback(text: str) -> str:
+    from .sim._server import host_argument
+
+    return host_argument(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiofranka", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("sim", help="run the FR3 simulator in the foreground (FCI on HOST:1337)")
-    sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sim.add_argument("--host", default="127.0.0.1", type=_loopback,
+                     help="loopback address to bind (127.x.x.x; default 127.0.0.1)")
     sim.add_argument("--enforce-motion-limits", action="store_true",
                      help="abort motions that break the FR3 motion limits, like the robot")
     sim.add_argument("--no-enforce-comm-constraints", action="store_true",

@@ -23,7 +23,7 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     ├── SessionError               a thread-based ``Session`` failed or was misused (also ``RuntimeError``)
     │   ├── SessionStateError      the call does not fit the Session's lifecycle or thread
     │   └── SessionLoopError       ``observe``, the policy or ``act`` raised; the original is ``__cause__``
-    └── MissingDependencyError     an optional extra is not installed (also ``ImportError``)
+    └── MissingDependencyError     a dependency is not installed; says how to install it (also ``ImportError``)
 
 An exception raised by the function a helper runs is re-raised at the ``await``
 as itself; for a child process its ``__cause__`` is a :class:`RemoteTraceback`
@@ -202,4 +202,4 @@ class SessionLoopError(SessionError):
 
 
 class MissingDependencyError(AiofrankaError, ImportError):
-    """An optional dependency is missing; the message names the extra to install."""
+    """A dependency is missing; the message gives the command that installs it."""

@@ -59,8 +59,8 @@ def plan_joint_motion(q_start, dq_start, q_target, *, speed: float) -> JointTraj
 
     ``speed`` scales the velocity, acceleration and jerk limits (0 < speed <= 1).
     """
-    if Ruckig is None:  # pragma: no cover - ruckig is a core dependency
-        raise MissingDependencyError("ruckig is not installed: pip install aiofranka")
+    if Ruckig is None:
+        raise MissingDependencyError("ruckig is not installed: pip install ruckig")
     inp = InputParameter(7)
     inp.current_position = [float(v) for v in q_start]
     inp.current_velocity = [float(v) for v in np.clip(dq_start, -limits.DQ_MAX, limits.DQ_MAX)]

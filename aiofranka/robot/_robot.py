@@ -23,8 +23,12 @@ __all__ = ["Robot"]
 def _pylibfranka():
     try:
         import pylibfranka
-    except ImportError as exc:  # pragma: no cover - pylibfranka is a core dependency
-        raise MissingDependencyError("pylibfranka is not installed: pip install aiofranka") from exc
+    except ImportError as exc:
+        # Name pylibfranka itself: "aiofranka" on the package index is another project.
+        from ._abi import VERIFIED_PYLIBFRANKA
+
+        raise MissingDependencyError(f"pylibfranka is not installed: pip install "
+                                     f"pylibfranka=={VERIFIED_PYLIBFRANKA[-1]} (the version aiofranka pins)") from exc
     return pylibfranka
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import ipaddress
 import os
 import signal
 import socket
@@ -32,10 +33,32 @@ from pathlib import Path
 
 from ..exceptions import MissingDependencyError, SimulatorError
 
-__all__ = ["MODEL_PATH", "Simulator"]
+__all__ = ["MODEL_PATH", "Simulator", "check_host"]
 
 MODEL_PATH = Path(__file__).with_name("fr3.xml")
 FCI_PORT = 1337
+#: What to run when franka-sim is missing ("aiofranka[sim]" from the index
+#: would install another project of that name).
+INSTALL_SIM = ("the embedded simulator needs franka-sim: pip install 'franka-sim>=1.1.7' "
+               "(or, in aiofranka's checkout: pip install -e '.[sim]')")
+
+
+def check_host(host) -> str:
+    """``host`` if it is a loopback IPv4 address; ``ValueError`` naming ``host`` otherwise.
+
+    The simulator obeys any client that reaches it, so it must not be
+    reachable from another machine (docs/simulator.md#network-exposure).
+    """
+    try:
+        if not isinstance(host, str):
+            raise ValueError
+        loopback = ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"host must be a loopback IPv4 address (127.x.x.x), got {host!r}: the simulator "
+                         "obeys any client that reaches it, so it must not listen on a network interface")
+    return host
 
 _live: "weakref.WeakSet[Simulator]" = weakref.WeakSet()
 _pick_lock = threading.Lock()
@@ -79,8 +102,9 @@ class Simulator:
 
     Keyword-only options:
 
-    * ``host``: loopback address to bind; ``None`` picks a free one in
-      127.0.0.2-254 so several simulators can coexist.
+    * ``host``: loopback address to bind (127.x.x.x; anything else raises
+      ``ValueError``); ``None`` picks a free one in 127.0.0.2-254 so several
+      simulators can coexist.
     * ``enforce_comm_constraints``: abort a motion after 20 consecutive lost
       commands, like the robot (default True).
     * ``enforce_motion_limits``: abort on position/velocity/acceleration/jerk
@@ -98,6 +122,8 @@ class Simulator:
                  visualize: bool = False) -> None:
         if startup_timeout <= 0:
             raise ValueError(f"startup_timeout must be positive, got {startup_timeout}")
+        if host is not None:
+            check_host(host)
         self._requested_host = host
         self.host: str | None = host
         self.enforce_comm_constraints = enforce_comm_constraints
@@ -117,9 +143,7 @@ class Simulator:
         try:
             import franka_sim  # noqa: F401
         except ImportError as exc:
-            raise MissingDependencyError(
-                "the embedded simulator needs franka-sim: pip install 'aiofranka[sim]'"
-            ) from exc
+            raise MissingDependencyError(INSTALL_SIM) from exc
         with _pick_lock:
             self.host = self._requested_host or _pick_host()
             if self._requested_host and not _port_free(self.host):

@@ -1,11 +1,13 @@
 """Child-process entry point of the embedded simulator.
 
 Run as ``python -m aiofranka.sim._server --host 127.0.0.N [...]`` by
-:class:`aiofranka.sim.Simulator`. It differs from franka-sim's own CLI in three
+:class:`aiofranka.sim.Simulator`. It differs from franka-sim's own CLI in four
 ways: it binds one loopback address (so several simulators can run side by
-side, each on port 1337 of its own address), it points franka-sim at the FR3
-model aiofranka ships, and it exits when its parent goes away (standard input
-closes) so no simulator outlives the process that started it.
+side, each on port 1337 of its own address), and binds its UDP socket there
+too (franka-sim leaves it to the kernel, which binds every interface); it
+points franka-sim at the FR3 model aiofranka ships; and it exits when its
+parent goes away (standard input closes) so no simulator outlives the process
+that started it.
 """
 
 from __future__ import annotations
@@ -33,9 +35,41 @@ def _exit_when_parent_dies(stop) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def host_argument(text: str) -> str:
+    """``--host``: a loopback address (``aiofranka sim`` uses it too)."""
+    from . import check_host
+
+    try:
+        return check_host(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _loopback_server_class():
+    from franka_sim import FrankaSimServer
+
+    class LoopbackServer(FrankaSimServer):
+        """franka-sim whose UDP socket (states out, commands in) is bound to ``host``.
+
+        franka-sim 1.1.7 creates that socket per session without binding it, so
+        the kernel binds it to 0.0.0.0 at the first ``sendto``: anyone on the
+        network who guesses the port could send commands. The socket is bound
+        here, just before the command receiver starts on it and before any
+        state goes out (``start_robot_state_transmission``).
+        """
+
+        def start_command_receiver(self):
+            sock = self.udp_socket
+            if sock is not None and sock.getsockname() == ("0.0.0.0", 0):
+                sock.bind((self.host, 0))
+            super().start_command_receiver()
+
+    return LoopbackServer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiofranka-sim-server")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", type=host_argument)
     parser.add_argument("--enforce-motion-limits", action="store_true")
     parser.add_argument("--no-enforce-comm-constraints", action="store_true")
     parser.add_argument("--vis", action="store_true")
@@ -47,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("numba").setLevel(logging.WARNING)
 
-    from franka_sim import FrankaSimServer
-
-    server = FrankaSimServer(
+    server = _loopback_server_class()(
         host=args.host,
         enable_vis=args.vis,
         enable_gripper=False,

@@ -64,7 +64,7 @@ def _urdf_path() -> Path:
     try:
         import franka_sim
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise SystemExit("franka-sim is needed to regenerate the model: pip install 'aiofranka[sim]'") from exc
+        raise SystemExit("franka-sim is needed to regenerate the model: pip install 'franka-sim>=1.1.7'") from exc
     return Path(franka_sim.__file__).with_name("models") / "fr3.urdf"
 
 
