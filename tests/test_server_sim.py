@@ -217,3 +217,30 @@ def test_the_server_and_its_simulator_end_when_the_parent_is_killed(tmp_path):
             if parent.poll() is None:
                 parent.kill()
                 parent.wait()
+
+
+EXIT_WITHOUT_CLOSE = textwrap.dedent("""
+    if __name__ == "__main__":
+        import atexit
+
+        def report():  # registered before aiofranka's exit hook, so it runs after it
+            print("server exit code", ctl._proxy._exitcode, flush=True)
+
+        atexit.register(report)
+        from aiofranka import FrankaRemoteController
+
+        ctl = FrankaRemoteController(stop_ramp=2.0)
+        ctl.start()
+        print("running", flush=True)
+        # No close(): the interpreter's exit stops the server.
+""")
+
+
+def test_at_exit_the_server_gets_its_whole_ramp_before_any_kill(tmp_path):
+    script = tmp_path / "exit_without_close.py"
+    script.write_text(EXIT_WITHOUT_CLOSE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "running" in result.stdout, result.stderr
+    # 0: the child ramped down (2 s), closed and exited by itself; -9 would be SIGKILL mid-ramp.
+    assert "server exit code 0" in result.stdout, result.stdout + result.stderr

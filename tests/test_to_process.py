@@ -59,16 +59,30 @@ def _assert_cleaned(proxy: ProcessProxy) -> None:
     assert _shm_names(f"afk{proxy._token}") == set()
 
 
+def _leaked() -> set[str]:
+    """Segments of this process, or of a process that is gone (a child of ours that leaked them).
+
+    A segment's name ends with its creator's pid: other test runs sharing /dev/shm
+    (whose live processes make and unlink segments meanwhile) are left out.
+    """
+    leaked = set()
+    for name in _shm_names():
+        pid = name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or _pid_gone(int(pid))):
+            leaked.add(name)
+    return leaked
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_leaks():
     """Every child and every shared-memory segment made by this module is gone at its end."""
-    before = _shm_names()
+    before = _leaked()
     yield
     deadline = time.monotonic() + 3.0
-    while (_our_children() or _shm_names() - before) and time.monotonic() < deadline:
+    while (_our_children() or _leaked() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _our_children() == []
-    assert _shm_names() - before == set()
+    assert _leaked() - before == set()
 
 
 @pytest.fixture(scope="module")
@@ -601,3 +615,89 @@ def test_child_does_not_inherit_sched_fifo(tmp_path):
     assert report["parent"] == os.SCHED_FIFO
     assert report["child"] == {"main": os.SCHED_OTHER, "thread": os.SCHED_OTHER}
     assert report["helper"] == {"before": os.SCHED_FIFO, "after": os.SCHED_OTHER}
+
+
+# --------------------------------------------------------------------------- stale segments
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from aiofranka.offload import mpify
+
+    if __name__ == "__main__":
+        proxy = mpify(dict)
+        print(proxy._token, flush=True)
+        sys.stdin.read()  # until the test closes our stdin (or kills us)
+        proxy.stop()
+    """
+)
+
+
+def _holder(tmp_path: Path, name: str) -> tuple[subprocess.Popen, str]:
+    """A process that holds an mpify child (segments on both sides); returns it and its token."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(HOLDER)
+    process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)  # its own group, to kill it whole
+    token = process.stdout.readline().strip()
+    assert token, "the holder printed nothing"
+    return process, token
+
+
+def _with_token(token: str) -> set[str]:
+    return {name for name in _shm_names() if name.startswith(f"afk{token}")}
+
+
+def test_segments_of_a_killed_process_group_are_swept_by_the_next_process(tmp_path):
+    dead, dead_token = _holder(tmp_path, "dead")
+    live, live_token = _holder(tmp_path, "live")
+    foreign = None
+    try:
+        left = _with_token(dead_token)
+        assert left, "the holder made no segments"
+        # SIGKILL to the whole group: the holder, its mpify child and its resource
+        # tracker die at once, and nothing unlinks their segments.
+        os.killpg(dead.pid, signal.SIGKILL)
+        dead.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until no process of that group is left
+            try:
+                os.killpg(dead.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        assert _with_token(dead_token) == left
+        if os.getuid() == 0:  # another user's segment named as if by the dead process
+            foreign = SHM / f"afk{dead_token}x-{dead.pid}"
+            foreign.touch(mode=0o600)
+            os.chown(foreign, 65534, 65534)
+        held = _with_token(live_token)
+        # The next process sweeps when it makes its first segment.
+        result = _run_script(
+            tmp_path,
+            """
+            from aiofranka.offload import mpify
+
+            if __name__ == "__main__":
+                with mpify(dict) as proxy:
+                    proxy.call_sync("get", "x", None)
+            """,
+        )
+        assert result.returncode == 0, result.stderr
+        assert _with_token(dead_token) - {foreign.name if foreign else ""} == set(), "stale segments were kept"
+        assert held and _with_token(live_token) == held, "a live process's segments were swept"
+        if foreign is not None:
+            assert foreign.exists(), "another user's segment was swept"
+    finally:
+        if foreign is not None:
+            foreign.unlink(missing_ok=True)
+        live.stdin.close()
+        live.wait(30)
+        live.stdout.close()
+        dead.stdin.close()
+        dead.stdout.close()
+        if dead.poll() is None:
+            os.killpg(dead.pid, signal.SIGKILL)
+            dead.wait()
+        for name in _with_token(dead_token):  # on a failure: leave /dev/shm as we found it
+            (SHM / name).unlink(missing_ok=True)

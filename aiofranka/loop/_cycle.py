@@ -200,7 +200,7 @@ class Cycle:
             self._traj_done.exception()
 
     def close(self) -> None:
-        """Release the timer's descriptor (the cycle can still be reopened; it makes a new one)."""
+        """Release the timer's descriptor, after :meth:`detach` (the next session makes a new one)."""
         if self._timerfd >= 0:
             os.close(self._timerfd)
             self._timerfd = -1

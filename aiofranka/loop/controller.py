@@ -147,6 +147,10 @@ class Controller:
         self._guardian: Guardian | None = None
         self._last_guardian: Guardian | None = None
         self._wall_start_ns = 0
+        self._loop_thread = 0
+        # Set while no session holds the robot: stop_from_thread() waits on it.
+        self._session_over = threading.Event()
+        self._session_over.set()
 
     # -- options (validated; fixed while running where the loop depends on them) --
 
@@ -275,7 +279,9 @@ class Controller:
         robot = self._robot
         if not robot.claim(self):
             raise ControllerStateError("another controller is driving this robot; stop it first")
+        self._session_over.clear()
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         cycle = self._cycle
         cycle.prepare(loop)
         self._last_guardian = None
@@ -331,6 +337,38 @@ class Controller:
         error, self._error = self._error, None
         if error is not None:
             raise error
+
+    def stop_from_thread(self, timeout: float | None = None) -> None:
+        """:meth:`stop` from a thread other than the event loop's: ramp down, block until the session has ended.
+
+        The event loop (or, while it is blocked, the guardian) serves the ramp.
+        An error that ended the loop is kept for :meth:`stop` to raise.
+        Raises :class:`~aiofranka.ControllerStateError` when called on the
+        event loop's own thread or while that loop is not running (nothing
+        could serve the ramp and end the session: ``await controller.stop()``
+        there instead), and when the session has not ended within ``timeout``
+        seconds (default: twice ``stop_ramp`` plus 2 s). :meth:`Robot.close`
+        calls it for the controller that holds the robot.
+        """
+        task, loop = self._task, self._loop
+        if task is None or task.done():
+            return  # not running (or ending now: _finish already ran or runs without us)
+        if threading.get_ident() == self._loop_thread:
+            raise ControllerStateError(
+                "the controller is running on this thread's event loop, which cannot wait here for its "
+                "ramp-down: await controller.stop() first (or leave `async with Controller(...)` before "
+                "closing the robot)")
+        if loop is None or loop.is_closed() or not loop.is_running():
+            raise ControllerStateError(
+                "the controller's event loop is not running, so nothing can ramp the arm down and end the "
+                "session: run controller.stop() on that loop first")
+        if timeout is None:
+            timeout = 2.0 * self.stop_ramp + 2.0
+        self._cycle.stop_requested = True  # read by whoever serves the next cycle
+        if not self._session_over.wait(timeout):
+            raise ControllerStateError(
+                f"the controller did not finish its ramp-down within {timeout:.1f} s (is its event loop "
+                "blocked?); the session is still open")
 
     async def close(self) -> None:
         """Stop (if running) and refuse further starts. Idempotent."""
@@ -534,6 +572,7 @@ class Controller:
     def _finish(self, error: BaseException | None, first: asyncio.Future | None) -> None:
         cycle = self._cycle
         cycle.detach()
+        cycle.close()  # its descriptor goes with the session, not with the Controller
         _os.switch_interval.leave(self._switch_interval_in_force)
         if self._gc_freeze:
             _os.gc_freezer.leave()
@@ -553,6 +592,7 @@ class Controller:
             else:
                 first.set_result(None)
         cycle.fail_waiters(error)
+        self._session_over.set()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

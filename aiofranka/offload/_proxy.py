@@ -203,6 +203,7 @@ class ProcessProxy:
         self._dying = False
         self._death_loop: asyncio.AbstractEventLoop | None = None
         self._counters = _Counters()
+        self._exit_timeout = 1.0  # set_exit_timeout()
         _LIVE.add(self)
         self._finalizer = weakref.finalize(self, _abandon, process, conn, pool, self._chan)
         self._finalizer.atexit = False
@@ -744,13 +745,21 @@ def _stop_all_at_exit() -> None:
     # Runs before multiprocessing's own exit hook joins the (non-daemonic) children.
     for proxy in list(_LIVE):
         try:
-            proxy.stop(timeout=1.0)
+            proxy.stop(timeout=proxy._exit_timeout)
         except Exception:  # noqa: BLE001
             pass
 
 
 # -- the launcher's interface (to_process.py): module functions, so that no
 # method name shadows an attribute of the remote object -------------------------
+
+
+def set_exit_timeout(proxy: ProcessProxy, seconds: float) -> None:
+    """At interpreter exit, give the child ``seconds`` to wind down before SIGKILL (default 1 s).
+
+    Server mode sets it from ``stop_ramp``: its child ramps the arm down on the way out.
+    """
+    proxy._exit_timeout = float(seconds)
 
 
 def expect_ready(proxy: ProcessProxy, fut, loop) -> None:

@@ -2,6 +2,8 @@
 
 Each side sends through a :class:`Pool` of segments it owns (mode 0600, pages reserved up
 front) and maps the peer's segments through :class:`Peer`, without the resource tracker.
+Every segment's name ends with its creator's pid, so the first segment a process creates
+first sweeps away those of dead processes (:func:`sweep_stale`).
 How segments are handed over and released: docs/async.md (how mpify works).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import re
 import threading
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
@@ -19,7 +22,7 @@ try:  # POSIX shared memory; absent on Windows, where payloads simply stay in th
 except ImportError:  # pragma: no cover - not on Linux
     _posixshmem = None
 
-__all__ = ["AVAILABLE", "Mapped", "Owned", "Peer", "Pool", "unlink_prefix"]
+__all__ = ["AVAILABLE", "Mapped", "Owned", "Peer", "Pool", "sweep_stale", "unlink_prefix"]
 
 #: Whether this platform has POSIX shared memory (else payloads stay in the pipe).
 AVAILABLE = _posixshmem is not None
@@ -27,6 +30,10 @@ AVAILABLE = _posixshmem is not None
 _MIN_SEGMENT = 64 * 1024
 _MAX_IDLE_SEGMENTS = 4
 _SHM_DIR = "/dev/shm"
+#: Our segments: "afk", a tag of letters and digits, "-", the creator's pid.
+_OURS = re.compile(r"afk[0-9a-z]+-([0-9]+)")
+_sweep_lock = threading.Lock()
+_swept_in = 0  # the pid that swept (a forked child sweeps again)
 
 
 def _fallocate(fd: int, size: int) -> None:
@@ -67,12 +74,75 @@ def unlink_prefix(prefix: str) -> None:
             _unlink_name(name, tracked=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale() -> list[str]:
+    """Unlink the segments dead aiofranka processes left; return their names.
+
+    Only names of our form (:data:`_OURS`), only files of the current user,
+    only when the pid in the name is not a running process. A process whose
+    whole group was SIGKILLed (its resource tracker with it) leaves its
+    segments in /dev/shm for good otherwise. A pid reused since keeps its
+    segments until that process ends too; a live process in another pid
+    namespace sharing this /dev/shm would look dead (docs/async.md).
+    """
+    if _posixshmem is None:
+        return []
+    try:
+        names = os.listdir(_SHM_DIR)
+    except OSError:
+        return []
+    uid, me = os.getuid(), os.getpid()
+    removed = []
+    for name in names:
+        match = _OURS.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == me or _alive(pid):
+            continue
+        try:
+            if os.stat(os.path.join(_SHM_DIR, name), follow_symlinks=False).st_uid != uid:
+                continue
+        except OSError:
+            continue
+        _unlink_name(name, tracked=False)  # never registered with this process's tracker
+        removed.append(name)
+    return removed
+
+
+def _sweep_once() -> None:
+    global _swept_in
+    with _sweep_lock:
+        if _swept_in == os.getpid():
+            return
+        _swept_in = os.getpid()
+    sweep_stale()
+
+
 class Owned:
-    """A segment this side created (a ``SharedMemory``), reused for many messages."""
+    """A segment this side created (a ``SharedMemory``), reused for many messages.
+
+    It is named ``f"{name}-{pid}"`` (this process's pid): ``name`` must be
+    "afk" and letters or digits. The first one a process creates first runs
+    :func:`sweep_stale`.
+    """
 
     __slots__ = ("name", "size", "buf", "_shm")
 
     def __init__(self, name: str, size: int) -> None:
+        name = f"{name}-{os.getpid()}"
+        if _OURS.fullmatch(name) is None:
+            raise ValueError(f"name must be 'afk' and letters or digits, got {name!r}")
+        _sweep_once()
         shm = SharedMemory(name=name, create=True, size=size)  # mode 0600, tracked
         try:
             _fallocate(shm._fd, size)

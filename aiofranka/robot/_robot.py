@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from .._os import fifo_priority, is_fifo, promote, restore_thread_scheduling, set_normal, thread_scheduling
-from ..exceptions import InvalidOperationError, MissingDependencyError, RobotConnectionError
+from ..exceptions import ControllerStateError, InvalidOperationError, MissingDependencyError, RobotConnectionError
 from ._layout import measure_layout, udp_sockets
 from .errors import translate_libfranka
 from .state import RobotState, StateBuffer
@@ -135,7 +135,11 @@ class Robot:
         self._direct: tuple | str | None = None
 
     def claim(self, owner) -> bool:
-        """Reserve the robot for one control session; False if another holds it."""
+        """Reserve the robot for one control session; False if another holds it.
+
+        ``owner`` must have ``stop_from_thread()``, which :meth:`close` calls
+        to end its session first (see :meth:`Controller.stop_from_thread`).
+        """
         with self._owner_lock:
             if self._owner is not None and self._owner is not owner:
                 return False
@@ -288,9 +292,23 @@ class Robot:
             self.simulator.stop()
 
     def close(self) -> None:
-        """Drop the connection and stop the embedded simulator, if any. Idempotent."""
+        """End a running control session, drop the connection and stop the embedded simulator. Idempotent.
+
+        A controller still running on this robot is stopped first (ramp-down,
+        then the session ends) when its event loop runs in another thread.
+        Called on that loop's own thread (it cannot wait for itself), or
+        while that loop is not running, it raises
+        :class:`~aiofranka.ControllerStateError` and leaves everything open:
+        await ``controller.stop()`` first. Dropping the connection under a
+        live session would free what libfranka's control object still uses.
+        """
         if getattr(self, "_closed", True) and self.simulator is None:
             return
+        owner = getattr(self, "_owner", None)
+        if owner is not None:
+            owner.stop_from_thread()
+            if self._owner is not None:
+                raise ControllerStateError(f"{owner!r} still holds this robot (starting?); stop it first")
         self._closed = True
         self._robot = None
         self._restore_scheduling()
@@ -311,8 +329,15 @@ class Robot:
     def __enter__(self) -> "Robot":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except ControllerStateError as close_error:
+            if exc is None:
+                raise
+            # Never mask the body's exception; the robot stays open for the controller to stop.
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"aiofranka: the robot was left open: {close_error}")
 
     def __repr__(self) -> str:
         where = f"simulator {self.ip}" if self.simulator is not None else self.ip

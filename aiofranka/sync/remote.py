@@ -23,6 +23,7 @@ from ..exceptions import ControllerStateError, WorkerCrashedError
 from .._os import fifo_priority, promote
 from ..loop._bridge import call_on_loop
 from ..loop.command import SETTABLE, TABLE, check_mode, validate
+from ..offload._proxy import set_exit_timeout
 from ..offload._shm import Mapped as _Mapped, Owned as _Owned
 from ..offload.to_process import mpify
 from ..robot import RobotState
@@ -41,11 +42,18 @@ _OPTIONS = ("torque_rate_limit", "joint_limit_margin", "joint_limit_stiffness", 
             "stop_ramp", "switch_interval")
 
 
-def _controller_parameters() -> tuple[str, ...]:
+def _exit_grace(stop_ramp: float) -> float:
+    """Seconds the child may take to ramp down and close: the ramp's robot
+    time, doubled for a simulator at half speed, plus the close itself."""
+    return 2.0 * stop_ramp + 2.0
+
+
+def _controller_parameters() -> dict[str, object]:
+    """The Controller's keyword options and their defaults."""
     from ..loop.controller import Controller
 
-    names = list(inspect.signature(Controller.__init__).parameters)
-    return tuple(n for n in names if n not in ("self", "robot"))
+    parameters = inspect.signature(Controller.__init__).parameters
+    return {name: p.default for name, p in parameters.items() if name not in ("self", "robot")}
 
 
 class _ControllerServer:
@@ -208,7 +216,7 @@ class _ControllerServer:
         controller, robot = self._controller, self._robot
         try:
             if controller is not None:
-                self._on_loop(controller.close, timeout=5.0)
+                self._on_loop(controller.close, timeout=_exit_grace(controller.stop_ramp))
         except BaseException:  # noqa: BLE001 - closing regardless; the error was or will be reported
             pass
         self._closed = True
@@ -218,7 +226,10 @@ class _ControllerServer:
             pass
         self._thread.join(5.0)
         if robot is not None:
-            robot.close()  # and its simulator
+            try:
+                robot.close()  # and its simulator
+            except ControllerStateError:
+                pass  # the ramp never ended: the process exits and takes the session with it
         self._release_frame()
 
     def close(self) -> None:
@@ -315,7 +326,7 @@ class FrankaRemoteController:
         known = _controller_parameters()
         for name in options:
             if name not in known:
-                raise TypeError(f"unknown Controller option {name!r}; expected one of {known}")
+                raise TypeError(f"unknown Controller option {name!r}; expected one of {tuple(known)}")
         self._proxy = None
         self._closed = False
         self._frame = _Owned(f"afkr{secrets.token_hex(6)}", _FRAME_BYTES)  # mode 0600
@@ -338,6 +349,13 @@ class FrankaRemoteController:
         self._child_pid = info["pid"]
         self._robot_repr = info["robot"]
         self._simulator_pid = info["simulator_pid"]
+        # Valid: the child's Controller accepted it.
+        self._set_exit_grace(float(options.get("stop_ramp", known["stop_ramp"])))
+
+    def _set_exit_grace(self, stop_ramp: float) -> None:
+        # At interpreter exit the child gets its ramp-down (and then some)
+        # before it is killed: a kill mid-ramp ends in a reflex on the arm.
+        set_exit_timeout(self._proxy, _exit_grace(stop_ramp) + 1.0)
 
     # -- plumbing ----------------------------------------------------------
 
@@ -497,7 +515,17 @@ class FrankaRemoteController:
     joint_limit_margin = _make_forwarded("joint_limit_margin", True, "Joint-limit guard band (rad).")
     joint_limit_stiffness = _make_forwarded("joint_limit_stiffness", True, "Guard stiffness (N m/rad).")
     joint_limit_damping = _make_forwarded("joint_limit_damping", True, "Guard damping (N m s/rad).")
-    stop_ramp = _make_forwarded("stop_ramp", True, "Seconds over which torque fades to zero on stop.")
+    @property
+    def stop_ramp(self) -> float:
+        """Seconds over which torque fades to zero on stop (at most 5)."""
+        return self._call("get", "stop_ramp")
+
+    @stop_ramp.setter
+    def stop_ramp(self, value: float) -> None:
+        value = validation.positive("stop_ramp", value, upper=5.0)
+        self._call("assign", "stop_ramp", value)
+        self._set_exit_grace(value)
+
     switch_interval = _make_forwarded("switch_interval", True, "sys.setswitchinterval while running (s).")
 
     def __repr__(self) -> str:
