@@ -233,8 +233,75 @@ async def test_stop_during_move_interrupts_the_move(robot):
     await controller.stop()
     with pytest.raises(aiofranka.ControllerStoppedError):
         await mover
-    # The torque was ramped down to zero before the session ended.
-    assert not controller.state.tau_command.any()
+    assert not controller.running
+
+
+async def record_commands(controller: Controller, record: list) -> None:
+    """Append (robot ms, commanded torque) after every cycle until the session ends.
+
+    Read from the controller's own buffers (the arrays the kernel writes each
+    cycle), not from ``controller.state``: once stopped that reads the robot
+    into a fresh buffer, whose commanded torque is always zero.
+    """
+    buf, kernel = controller._buf, controller._kernel
+
+    def sample() -> None:
+        # The torque first: a cycle served by another thread in between makes
+        # the time newer than the torque, never older.
+        tau = buf.tau_command.copy()
+        record.append((kernel.time_ms, tau))
+
+    try:
+        while True:
+            sample()
+            await controller.wait(0.001)  # resolved by the next cycle
+    except (aiofranka.ControllerStoppedError, aiofranka.ControllerStateError):
+        sample()
+
+
+async def test_stop_fades_the_commanded_torque_to_zero_over_stop_ramp(robot):
+    ramp_s = 0.2
+    controller = Controller(robot, stop_ramp=ramp_s)
+    await controller.start()
+    await controller.move(limits.Q_HOME, speed=0.6)  # far from the joint-limit guard
+    controller.switch("torque")
+    # Below the simulated joints' dry friction (0.2 N m): the arm stays put, so
+    # the command is the law's torque alone (no joint-limit guard).
+    held = np.array([0.15, -0.15, 0.15, 0.1, 0.1, -0.1, 0.1])
+    controller.torque = held
+    await controller.wait(0.05)
+    record: list = []
+    sampler = asyncio.create_task(record_commands(controller, record))
+    await controller.wait(0.05)
+    await controller.stop()
+    await asyncio.wait_for(sampler, 5.0)
+    times = np.array([t for t, _ in record], dtype=float)
+    taus = np.array([tau for _, tau in record])
+    np.testing.assert_array_equal(taus[0], held)  # held in full before the stop
+    np.testing.assert_array_equal(taus[-1], np.zeros(7))  # zero when the session ended
+    # The fade: from the last sample at the full torque to the first at zero.
+    full = np.flatnonzero(np.all(taus == held, axis=1))[-1]
+    zero = np.flatnonzero(~taus.any(axis=1))[0]
+    fade = slice(full, zero + 1)
+    story = f"{len(record)} samples, fade {times[full]:.0f}..{times[zero]:.0f} ms: " + ", ".join(
+        f"{t:.0f}:{tau[0]:.3f}" for t, tau in zip(times[fade], taus[fade]))
+    # Monotone towards zero on every joint, never by more than the rate limit a cycle.
+    steps = np.abs(taus[full + 1:zero + 1]) - np.abs(taus[full:zero])
+    assert np.all(steps <= 1e-12), story
+    elapsed = np.diff(times[fade])[:, None]
+    assert np.all(np.abs(np.diff(taus[fade], axis=0)) <= controller.torque_rate_limit * elapsed + 1e-9), story
+    # Linear in served cycles over stop_ramp s: never below the line of a fade
+    # that started at the last full sample (lost cycles only slow it; one cycle
+    # of slack for a sample whose time is a cycle newer than its torque), and
+    # it lasted about stop_ramp (a stop that dropped the torque at the rate
+    # limit would take 1 ms here).
+    line = np.clip(1.0 - (times[fade] - times[full] + 1) / (1000.0 * ramp_s), 0.0, 1.0)
+    before_zero = slice(full, zero)  # the last step to zero is the duration's to check
+    assert np.all(np.abs(taus[before_zero]) >= line[:-1, None] * np.abs(held) - 1e-9), story
+    duration_ms = times[zero] - times[full]
+    assert 1000 * ramp_s - 2 <= duration_ms <= 3000 * ramp_s, story
+    # Sampled along the way, not only at its ends.
+    assert zero - full >= 0.25 * 1000 * ramp_s, story
 
 
 async def test_torque_mode_is_rate_limited(controller):

@@ -1,14 +1,19 @@
 """The offload helpers keep the 1 kHz loop fed on the simulator (contract enforced).
 
 Each scenario runs a policy at 30 Hz for 20 s of robot time beside the
-running Controller, and prints the loop figures it produced.
+running Controller, and prints the loop figures it produced. The cycles it
+loses are bounded against a baseline measured in the same test: the same
+controller holding its pose with no load for a few seconds just before, so
+that a slow host raises both and only the scenario's own cost counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
+import numpy as np
 import pytest
 
 import aiofranka
@@ -19,26 +24,117 @@ from _policies import GilHoggingPolicy, blocking_policy, burn_python, make_mlp
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 DURATION = 20.0
+BASELINE = 5.0
+#: Under a scenario, lost cycles and missed commands per 1,000 may each be at
+#: most LOST_FACTOR times the baseline's plus LOST_SLACK (see check_lost).
+LOST_FACTOR = 3.0
+LOST_SLACK = 5.0
+#: Where the helper leaves the event loop free, the cycles served by the
+#: guardian or the rescue thread instead, per 1,000, likewise (see check_loop_served).
+TAKEOVER_SLACK = 50.0
 
 
-async def run_policy(controller: Controller, act, *, hz: float = 30.0, duration: float = DURATION) -> int:
-    """Observe, call ``act`` (awaitable), set the joint target, at ``hz`` for ``duration`` robot seconds."""
+async def run_policy(controller: Controller, act, *, hz: float = 30.0, duration: float = DURATION,
+                     success: list | None = None) -> int:
+    """Observe, call ``act`` (awaitable), set the joint target, at ``hz`` for ``duration`` robot seconds.
+
+    ``success``: a list to append the robot's command success rate to at each call.
+    """
     controller.set_freq(hz)
     end = controller.state.time_ms + duration * 1000
     calls = 0
-    while controller.state.time_ms < end:
-        q = controller.state.q
-        target = await act(q)
+    while True:
+        state = controller.state
+        if state.time_ms >= end:
+            return calls
+        if success is not None:
+            success.append(state.success_rate)
+        target = await act(state.q)
         await controller.set("q_desired", target)
         calls += 1
-    return calls
 
 
-def report(name: str, controller: Controller, calls: int) -> None:
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """What one stretch of a session cost: states never read, and commands the robot missed."""
+
+    cycles: int
+    lost: int  # gaps in the robot clock: states no one read
+    missed_per_1000: float  # 1 - the robot's success rate (its last 100 commands), sampled at each call
+    taken_over: int  # cycles served by the guardian or the rescue thread, not the event loop
+
+    @property
+    def lost_per_1000(self) -> float:
+        return 1000.0 * self.lost / max(1, self.cycles + self.lost)
+
+    @property
+    def taken_over_per_1000(self) -> float:
+        return 1000.0 * self.taken_over / max(1, self.cycles)
+
+    def __str__(self) -> str:
+        return (f"{self.lost_per_1000:.2f} lost ({self.lost} of {self.cycles + self.lost}), "
+                f"{self.missed_per_1000:.2f} missed, {self.taken_over_per_1000:.1f} taken over per 1,000")
+
+
+async def idle(q):
+    return q
+
+
+async def measure(controller: Controller, act, duration: float = DURATION) -> tuple[int, Window]:
+    """``run_policy`` for ``duration`` s, with what it cost."""
+    before = controller.stats
+    success: list[float] = []
+    calls = await run_policy(controller, act, duration=duration, success=success)
+    after = controller.stats
+    missed = 1000.0 * (1.0 - float(np.mean(success))) if success else 0.0
+    taken_over = (after.guardian_cycles + after.rescued_cycles) - (before.guardian_cycles + before.rescued_cycles)
+    return calls, Window(after.cycles - before.cycles, after.lost_cycles - before.lost_cycles, missed, taken_over)
+
+
+async def baseline(controller: Controller) -> Window:
+    """The same controller and loop with a policy that does nothing, for BASELINE s."""
+    await controller.wait(0.5)  # the robot's success rate counts 100 cycles back: not into the start
+    return (await measure(controller, idle, BASELINE))[1]
+
+
+def report(name: str, controller: Controller, calls: int, base: Window | None = None,
+           run: Window | None = None) -> None:
     stats = controller.stats
     print(f"\n{name}: {calls} policy calls, {stats.cycles} cycles, {stats.lost_cycles} lost, "
           f"min success {stats.min_success_rate:.2f}, compute p99 {stats.compute.p99_us:.0f} us, "
-          f"sim {1000 * stats.robot_time_s / stats.wall_time_s:.0f} states/s, stalls {stats.stalls}")
+          f"sim {1000 * stats.robot_time_s / stats.wall_time_s:.0f} states/s, stalls {stats.stalls}, "
+          f"guardian cycles {stats.guardian_cycles}, rescued {stats.rescued_cycles}")
+    if base is not None and run is not None:
+        print(f"baseline: {base}\nscenario: {run}")
+
+
+def check_lost(base: Window, run: Window) -> None:
+    """At most LOST_FACTOR x the baseline's rate + LOST_SLACK per 1,000, lost and missed alike.
+
+    Measured on a 2-core VM shared with other test runs (load average 8, the
+    simulator at 470-730 states/s): baselines 0 lost and 0-8 missed, the
+    scenarios 0-0.25 lost and 1-3.6 missed per 1,000. The pure-Python policy
+    through asyncify with ``rescue=False`` lost 33 and missed 40 per 1,000
+    there (663 states in 20 s): a loop that loses a state in every other
+    policy call crosses the bound.
+    """
+    story = f"baseline {base}; scenario {run}"
+    assert run.cycles > 0.5 * DURATION * 1000, story
+    assert run.lost_per_1000 <= LOST_FACTOR * base.lost_per_1000 + LOST_SLACK, story
+    assert run.missed_per_1000 <= LOST_FACTOR * base.missed_per_1000 + LOST_SLACK, story
+
+
+def check_loop_served(base: Window, run: Window) -> None:
+    """The event loop served the cycles (the helper kept it free): the guardian and
+    the rescue thread took over at most LOST_FACTOR x the baseline's share + TAKEOVER_SLACK per 1,000.
+
+    Measured: 1-14 per 1,000 with asyncify or mpify (the baselines 0-2); the
+    same policies run inline on the event loop had 210-500 taken over. With
+    the guardian and the rescue thread on they lost hardly any cycles (0-0.2
+    per 1,000), so only this tells them apart.
+    """
+    story = f"baseline {base}; scenario {run}"
+    assert run.taken_over_per_1000 <= LOST_FACTOR * base.taken_over_per_1000 + TAKEOVER_SLACK, story
 
 
 @pytest.fixture
@@ -64,37 +160,43 @@ async def test_blocking_policy_inline_reflexes(robot):
 
 async def test_blocking_policy_through_asyncify_runs_20_s(held):
     act = asyncify(blocking_policy)
-    calls = await run_policy(held, act)
-    report("asyncify, 20 ms blocking policy", held, calls)
+    await act(held.state.q)  # the worker thread starts before anything is timed
+    base = await baseline(held)
+    calls, run = await measure(held, act)
+    report("asyncify, 20 ms blocking policy", held, calls, base, run)
     assert calls >= 0.8 * 30 * DURATION * 0.9  # ~30 Hz (minus the 20 ms calls that overrun a tick)
     assert held.running
+    check_lost(base, run)
+    check_loop_served(base, run)
 
 
 async def test_gil_hogging_policy_through_mpify_runs_20_s(robot):
     # ampify starts the child without blocking the event loop (mpify is for sync code).
     async with await ampify(GilHoggingPolicy, 0.02) as proxy:
         async with Controller(robot) as controller:
-            calls = await run_policy(controller, proxy.act)
-            report("mpify, 20 ms pure-Python policy", controller, calls)
+            base = await baseline(controller)
+            calls, run = await measure(controller, proxy.act)
+            report("mpify, 20 ms pure-Python policy", controller, calls, base, run)
             assert controller.running
             assert calls >= 0.8 * 30 * DURATION * 0.9
             assert await proxy.calls == calls
+            check_lost(base, run)
+            check_loop_served(base, run)
 
 
-async def test_gil_hogging_policy_through_asyncify_is_measured(held):
-    """Pure Python in a thread competes for the GIL with the loop. This is reported,
-    not hidden: the run either completes with its (small) losses, or, on a loaded
-    machine, ends in the communication reflex; nothing else may happen."""
+async def test_gil_hogging_policy_through_asyncify_runs_20_s(held):
+    """Pure Python in a thread competes for the GIL with the loop. The switch
+    interval hands the GIL back to the loop within 0.1 ms, and the guardian and
+    the rescue thread serve the cycles it still misses, so this runs without a
+    reflex by design: a reflex fails the test, and the losses are bounded."""
     act = asyncify(GilHoggingPolicy(0.02).act)
-    try:
-        calls = await run_policy(held, act)
-    except aiofranka.ReflexError as exc:
-        print(f"\nasyncify with a GIL-holding policy ended in a reflex after "
-              f"{held.stats.cycles} cycles ({held.stats.lost_cycles} lost): {exc.errors}")
-        assert exc.errors == ("communication_constraints_violation",)
-        return
-    report("asyncify, 20 ms pure-Python policy", held, calls)
-    assert held.stats.lost_fraction < 0.05
+    await act(held.state.q)
+    base = await baseline(held)
+    calls, run = await measure(held, act)
+    report("asyncify, 20 ms pure-Python policy", held, calls, base, run)
+    assert held.running
+    assert calls >= 0.8 * 30 * DURATION * 0.9
+    check_lost(base, run)
 
 
 @pytest.fixture
@@ -123,10 +225,12 @@ async def test_torch_model_through_cuda_inference_thread_runs_20_s(mlp, held):
                 return (q + 1e-3 * model(x)[0].numpy().astype(float).clip(-1, 1)).clip(limits.Q_MIN, limits.Q_MAX)
 
         await infer(held.state.q)  # warm up before timing
-        calls = await run_policy(held, infer)
-        report("CudaInferenceThread, torch MLP", held, calls)
+        base = await baseline(held)
+        calls, run = await measure(held, infer)
+        report("CudaInferenceThread, torch MLP", held, calls, base, run)
         assert calls >= 0.9 * 30 * DURATION * 0.9
         assert held.running
+        check_lost(base, run)
 
 
 async def test_stall_watchdog_names_the_culprit_once(held, caplog):

@@ -35,6 +35,13 @@ _FRAME_LEN = _kernel.FRAME_LEN
 #: Slot after the seqlocked frame: the loop's status, written by the child.
 _STATUS = _FRAME_LEN
 _IDLE, _RUNNING, _FAILED = 0, 1, 2
+#: The next slot: how many commands the parent abandoned (Ctrl+C while it
+#: waited for the reply). The child cancels a long command that started before
+#: the count last rose, so the parent's next command (stop) is not queued
+#: behind it.
+_ABANDONED = _FRAME_LEN + 1
+#: How often the child's command thread looks at that count during a long command (s).
+_CANCEL_POLL_S = 0.02
 _FRAME_BYTES = 8 * (_FRAME_LEN + 8)
 
 #: Controller options forwarded as attributes (``torque_rate_limit`` is read-only).
@@ -64,6 +71,7 @@ class _ControllerServer:
         self._priority = priority
         self._frame = _Mapped(frame_name)
         self._status = np.frombuffer(self._frame.buf, dtype=np.float64, count=1, offset=8 * _STATUS)
+        self._abandoned = np.frombuffer(self._frame.buf, dtype=np.float64, count=1, offset=8 * _ABANDONED)
         self._loop = asyncio.new_event_loop()
         self._robot = None
         self._controller = None
@@ -132,6 +140,24 @@ class _ControllerServer:
             raise ControllerStateError("the remote controller was closed")
         return call_on_loop(self._loop, fn, *args, timeout=timeout)
 
+    def _long_on_loop(self, fn, *args):
+        """``_on_loop`` for a command that may take long (wait, move, a paced set):
+        cancelled, like a cancelled coroutine in process, once the parent abandons it."""
+        if self._closed:
+            raise ControllerStateError("the remote controller was closed")
+        started = float(self._abandoned[0])
+
+        async def call():
+            return await fn(*args)
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        while True:
+            try:
+                return future.result(_CANCEL_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if self._abandoned[0] > started:
+                    future.cancel()  # cancels the coroutine on the loop; result() raises CancelledError
+
     def _loop_ended(self, controller) -> None:
         self._status[0] = _FAILED if controller.error is not None else _IDLE
 
@@ -171,14 +197,14 @@ class _ControllerServer:
     # so the loop thread only swaps the arrays in.
 
     def set(self, name: str, array) -> None:
-        self._on_loop(self._controller.set_validated, name, array)
+        self._long_on_loop(self._controller.set_validated, name, array)
 
     def move(self, q, speed: float, tolerance: float, timeout: float | None) -> None:
         controller = self._controller
-        self._on_loop(lambda: controller.move(q, speed=speed, tolerance=tolerance, timeout=timeout))
+        self._long_on_loop(lambda: controller.move(q, speed=speed, tolerance=tolerance, timeout=timeout))
 
     def wait(self, duration: float) -> None:
-        self._on_loop(self._controller.wait, duration)
+        self._long_on_loop(self._controller.wait, duration)
 
     def assign(self, name: str, value) -> None:
         controller = self._controller
@@ -238,7 +264,7 @@ class _ControllerServer:
     def _release_frame(self) -> None:
         if self._controller is not None:
             self._controller.publish_to(None)
-        self._status = None
+        self._status = self._abandoned = None
         self._frame.close()
 
 
@@ -332,7 +358,7 @@ class FrankaRemoteController:
         self._frame = _Owned(f"afkr{secrets.token_hex(6)}", _FRAME_BYTES)  # mode 0600
         self._frame_name = self._frame.name
         try:
-            self._view = np.frombuffer(self._frame.buf, dtype=np.float64, count=_FRAME_LEN + 1)
+            self._view = np.frombuffer(self._frame.buf, dtype=np.float64, count=_FRAME_LEN + 2)
             self._snap = np.zeros(_FRAME_LEN)
             self._proxy = mpify(_ControllerServer, ip, dict(robot or {}), options, self._frame.name, priority,
                                 start_timeout=start_timeout)
@@ -362,7 +388,14 @@ class FrankaRemoteController:
     def _call(self, name: str, *args, extra: float = 0.0):
         if self._closed:
             raise ControllerStateError("this FrankaRemoteController was closed; create a new one")
-        return self._proxy.call_sync_timeout(self._timeout + extra, name, *args)
+        try:
+            return self._proxy.call_sync_timeout(self._timeout + extra, name, *args)
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and self._view is not None:
+                # Ctrl+C (KeyboardInterrupt) while the child works on the command:
+                # the child cancels it, so that the stop that follows runs at once.
+                self._view[_ABANDONED] += 1
+            raise
 
     def _read_frame(self) -> np.ndarray | None:
         if _kernel.seqlock_read(self._view, self._snap) is None:
