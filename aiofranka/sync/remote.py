@@ -306,6 +306,12 @@ class FrankaRemoteController:
                  timeout: float = 2.0, start_timeout: float = 60.0, **options) -> None:
         if ip is not None and (not isinstance(ip, str) or not ip.strip()):
             raise ValueError(f"ip must be an address string or None, got {ip!r}")
+        if asyncio._get_running_loop() is not None:  # checked before a child is spawned
+            raise RuntimeError(
+                "FrankaRemoteController blocks while its server starts and on every command; "
+                "inside a running event loop use the in-process Controller, or create and drive "
+                "it from a thread (await asyncio.to_thread(...))"
+            )
         if robot is not None and not isinstance(robot, dict):
             raise TypeError(f"robot must be a dict of Robot keyword arguments, got {type(robot).__name__}")
         if priority is not None and not (isinstance(priority, int) and 1 <= priority <= 99):
