@@ -117,7 +117,8 @@ def test_the_sync_api_mirrors_the_controller(remote):
 
     stats = remote.stats
     assert isinstance(stats, aiofranka.LoopStats) and stats.cycles > 100
-    remote.move(limits.Q_HOME, speed=0.5)
+    remote.move(speed=0.5)  # no target: home
+    assert np.max(np.abs(remote.state.q - limits.Q_HOME)) < 0.01
 
 
 def test_stopped_state_comes_from_the_robot_and_start_again_works():
