@@ -191,7 +191,8 @@ class ProcessProxy:
     stopped running.
     """
 
-    __slots__ = ("_aiofranka_link", "__weakref__")
+    # The instance dict holds only the remote members made so far (see __getattr__).
+    __slots__ = ("_aiofranka_link", "__dict__", "__weakref__")
 
     def __init__(self, link: "_Link") -> None:
         object.__setattr__(self, "_aiofranka_link", link)
@@ -202,7 +203,10 @@ class ProcessProxy:
         # Reached only for names the proxy lacks: every one of them is the remote object's.
         if name.startswith(_RESERVED_PREFIX) or (name.startswith("__") and name.endswith("__")):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return _RemoteMember(self._aiofranka_link, name)
+        member = _RemoteMember(self._aiofranka_link, name)
+        # Kept, so the next `proxy.name` is a plain lookup: reaching __getattr__ costs ~2 µs.
+        self.__dict__[name] = member
+        return member
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(
