@@ -356,25 +356,21 @@ class _Link:
 
     def run_start(self, launch: Callable[[], tuple], start_timeout: float) -> None:
         """Spawn the child and wait for its READY (in the start thread, at SCHED_OTHER)."""
-        demote_to_normal()
-        deadline = time.monotonic() + start_timeout
         error: BaseException | None = None
         try:
+            demote_to_normal()
+            deadline = time.monotonic() + start_timeout
             process, conn, pool, token = launch()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            error = exc
-        else:
             ready = SyncWaiter()
             if self._bind(process, conn, pool, token, ready):
-                try:
-                    if not self._wait_sync(ready, deadline):
-                        error = OffloadError(
-                            f"the mpify child process did not become ready within {start_timeout} s")
-                    else:
-                        ready.result()
-                except BaseException as exc:  # noqa: BLE001 - the factory's error, or a stop
-                    error = error or exc
-        self._finish_start(error)
+                if not self._wait_sync(ready, deadline):
+                    error = OffloadError(f"the mpify child process did not become ready within {start_timeout} s")
+                else:
+                    ready.result()  # raises the factory's error, or why the child died or stopped
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the proxy
+            error = exc
+        finally:
+            self._finish_start(error)  # always: callers wait for it
 
     def _bind(self, process, conn, pool: Pool, token: str, ready: SyncWaiter) -> bool:
         """Take the spawned child; False if a stop came first (the stopper then reaps it)."""
@@ -400,16 +396,18 @@ class _Link:
             return True
 
     def _finish_start(self, error: BaseException | None) -> None:
-        with self._lock:
-            stopping = self._state in (_STOPPING, _STOPPED)
-        if error is not None and not stopping:
-            self._start_error = error
-            if self._begin_stop():
-                self._stop_now(0)  # reap before telling anyone: the caller sees no child left
-        with self._lock:
-            self._started = True
-            self._launched.set()
-            waiters, self._start_waiters = self._start_waiters, []
+        try:
+            with self._lock:
+                stopping = self._state in (_STOPPING, _STOPPED)
+            if error is not None and not stopping:
+                self._start_error = error
+                if self._begin_stop():
+                    self._stop_now(0)  # reap before telling anyone: the caller sees no child left
+        finally:
+            with self._lock:
+                self._started = True
+                self._launched.set()
+                waiters, self._start_waiters = self._start_waiters, []
         for loop, fut in waiters:
             try:
                 loop.call_soon_threadsafe(_wake, fut)
