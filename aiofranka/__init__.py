@@ -50,6 +50,7 @@ __all__ = [
     "CudaInferenceThread",
     "EventLoopStallError",
     "Franka",
+    "FrankaController",
     "FrankaRemoteController",
     "InvalidOperationError",
     "LoopStats",
@@ -90,6 +91,7 @@ _LAZY = {
     "Controller": ".loop.controller",
     "CudaInferenceThread": ".offload",
     "Franka": ".sync.franka",
+    "FrankaController": ".loop.controller",
     "FrankaRemoteController": ".sync.remote",
     "ProcessProxy": ".offload",
     "ampify": ".offload",
@@ -106,7 +108,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .loop.controller import Controller
+    from .loop.controller import Controller, FrankaController
     from .sync.franka import Franka
     from .offload import CudaInferenceThread, ProcessProxy, ampify, async_input, asyncify, mpify
     from .sync.remote import FrankaRemoteController

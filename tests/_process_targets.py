@@ -38,9 +38,13 @@ class Worker:
         self.tag = tag
         self.value = value
         self.log: list = []
+        self._last_timing = {"infer_ms": 1.5}  # private-looking: reached with await proxy._last_timing
 
     def echo(self, x):
         return x
+
+    def _scaled(self, k):
+        return k * self.value
 
     def add(self, a, b):
         return a + b

@@ -48,6 +48,9 @@ async def test_tracks_joint_targets(controller):
     # Holding keeps it there.
     await controller.wait(0.5)
     assert np.max(np.abs(controller.state.q - target)) < JOINT_TOL
+    await controller.move(speed=0.5)  # no target: home
+    assert np.max(np.abs(controller.state.q - limits.Q_HOME)) < JOINT_TOL
+    np.testing.assert_array_equal(controller.q_desired, limits.Q_HOME)
 
 
 async def test_tracks_cartesian_targets(controller):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -39,6 +40,13 @@ def test_options_are_checked_before_anything_is_spawned():
         FrankaRemoteController("")
     with pytest.raises(TypeError, match="robot"):
         FrankaRemoteController(robot="fast")
+
+
+async def test_inside_a_running_event_loop_it_refuses_before_spawning():
+    children = {child.pid for child in multiprocessing.active_children()}
+    with pytest.raises(RuntimeError, match="FrankaRemoteController blocks"):
+        FrankaRemoteController()
+    assert {child.pid for child in multiprocessing.active_children()} == children
 
 
 def test_a_bad_controller_option_raises_in_the_parent_as_itself():
@@ -109,7 +117,8 @@ def test_the_sync_api_mirrors_the_controller(remote):
 
     stats = remote.stats
     assert isinstance(stats, aiofranka.LoopStats) and stats.cycles > 100
-    remote.move(limits.Q_HOME, speed=0.5)
+    remote.move(speed=0.5)  # no target: home
+    assert np.max(np.abs(remote.state.q - limits.Q_HOME)) < 0.01
 
 
 def test_stopped_state_comes_from_the_robot_and_start_again_works():

@@ -26,6 +26,7 @@ from aiofranka.exceptions import (
     WorkerStoppedError,
 )
 from aiofranka.offload import ProcessProxy, ampify, mpify
+from aiofranka.offload._proxy import link_of
 
 TESTS_DIR = Path(__file__).resolve().parent
 SHM = Path("/dev/shm")
@@ -51,12 +52,18 @@ def _pid_gone(pid: int) -> bool:
         return True
 
 
+def _token(proxy: ProcessProxy) -> str:
+    token = link_of(proxy)._token
+    assert token  # the child was spawned
+    return token
+
+
 def _assert_cleaned(proxy: ProcessProxy) -> None:
     assert proxy.pid not in [p.pid for p in multiprocessing.active_children()]
     deadline = time.monotonic() + 2.0
-    while _shm_names(f"afk{proxy._token}") and time.monotonic() < deadline:
+    while _shm_names(f"afk{_token(proxy)}") and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _shm_names(f"afk{proxy._token}") == set()
+    assert _shm_names(f"afk{_token(proxy)}") == set()
 
 
 def _leaked() -> set[str]:
@@ -149,9 +156,19 @@ async def test_attribute_access(proxy):
         await proxy.nope(1)
     with pytest.raises(TypeError, match="call it"):
         await proxy.echo  # a method, not a value
-    with pytest.raises(AttributeError):
-        proxy._private  # noqa: B018 - private names go through call()/get()
     assert await proxy.call("echo", 5) == 5
+
+
+async def test_private_looking_names_reach_the_remote_object(proxy):
+    assert await proxy._last_timing == {"infer_ms": 1.5}
+    assert await proxy._scaled(2) == 84  # a private method stays a method
+    with pytest.raises(AttributeError, match="'_nope'"):
+        await proxy._nope
+    with pytest.raises(AttributeError, match="__nope__"):
+        proxy.__nope__  # noqa: B018 - dunder names stay the proxy's (protocols probe them)
+    with pytest.raises(AttributeError, match="cannot set 'value'"):
+        proxy.value = 1
+    assert await proxy.value == 42
 
 
 async def test_async_method_in_child_is_awaited_there(proxy):
@@ -217,9 +234,87 @@ async def test_cancelled_call_discards_its_late_reply(proxy):
     assert await proxy.echo("still fine") == "still fine"
 
 
-async def test_mpify_inside_a_running_loop_refuses():
-    with pytest.raises(RuntimeError, match="ampify"):
-        mpify(targets.Worker)
+async def test_mpify_inside_a_running_loop_returns_at_once_and_the_first_calls_wait():
+    proxy = mpify(targets.Worker, tag="early")
+    try:
+        assert not proxy.running  # the child cannot have started an interpreter yet
+        # Made before the child is ready: each waits for it, then runs.
+        early = asyncio.gather(proxy.add(1, 2), proxy.tag, proxy._last_timing,
+                               asyncio.to_thread(proxy.call_sync, "add", 2, 2))
+        assert await asyncio.wait_for(early, 60) == [3, "early", {"infer_ms": 1.5}, 4]
+        assert proxy.running
+        await proxy.ready()  # ready already: returns at once
+    finally:
+        await proxy.astop()
+    _assert_cleaned(proxy)
+
+
+async def test_factory_error_inside_a_loop_is_raised_by_ready_and_by_calls():
+    before = {child.pid for child in _our_children()}
+    proxy = mpify(targets.broken_factory, "late")
+    with pytest.raises(targets.FactoryError, match="cannot build: late") as info:
+        await proxy.ready()
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "broken_factory" in info.value.__cause__.text
+    with pytest.raises(targets.FactoryError, match="cannot build: late"):
+        await proxy.add(1, 2)
+    first_call = mpify(targets.broken_factory, "first")  # no ready(): the first call raises it
+    with pytest.raises(targets.FactoryError, match="cannot build: first"):
+        await first_call.add(1, 2)
+    for failed in (proxy, first_call):
+        assert not failed.running
+        await failed.astop()  # a failed start needs no stop; it is harmless
+    assert {child.pid for child in _our_children()} == before
+
+
+@pytest.mark.timing
+async def test_mpify_and_stop_on_the_event_loop_never_block_it():
+    gaps: list[float] = []
+    running = True
+
+    async def ticker():
+        last = time.perf_counter()
+        while running:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0.02)
+    worker = mpify(targets.Worker)  # returns at once; the child starts in the background
+    assert await worker.add(2, 2) == 4
+    busy = asyncio.ensure_future(worker.slow(1.0))
+    await asyncio.sleep(0.1)  # the child is inside slow(): it reads STOP only after it
+    started = time.perf_counter()
+    worker.stop()  # on the loop's thread: returns at once, a helper thread waits for the exit
+    took = time.perf_counter() - started
+    with pytest.raises(WorkerStoppedError):
+        await busy
+    with pytest.raises(WorkerStoppedError):
+        await worker.add(1, 2)
+    await worker.astop()  # waits for the stop under way
+    running = False
+    await tick
+    # Joining the child here would take ~0.9 s (the rest of slow()); a busy host, ~0.2 s at worst.
+    assert took < 0.5, f"stop() held the event loop for {took * 1000:.0f} ms"
+    assert max(gaps) < 0.5, f"the loop stalled for {max(gaps) * 1000:.1f} ms"
+    assert not worker.running
+    _assert_cleaned(worker)
+
+
+async def test_stop_while_the_child_starts_leaves_nothing():
+    before = {child.pid for child in _our_children()}
+    before_shm = _shm_names()
+    proxy = mpify(targets.Worker)
+    proxy.stop()
+    with pytest.raises(WorkerStoppedError):
+        await proxy.ready()
+    with pytest.raises(WorkerStoppedError):
+        await proxy.add(1, 2)
+    await proxy.astop()
+    assert {child.pid for child in _our_children()} == before
+    assert _shm_names() - before_shm == set()
 
 
 def test_child_side_bootstrap_refuses_to_spawn_again(monkeypatch):
@@ -305,10 +400,10 @@ async def test_large_arrays_travel_out_of_band(proxy):
 async def test_segments_are_reused(proxy):
     image = np.ones((224, 224, 3), dtype=np.uint8)
     await proxy.echo(image)
-    created = proxy._pool.created
+    created = link_of(proxy)._pool.created
     for _ in range(30):
         await proxy.echo(image)
-    assert proxy._pool.created == created
+    assert link_of(proxy)._pool.created == created
 
 
 # --------------------------------------------------------------------------- start-up
@@ -513,12 +608,13 @@ def test_script_exits_cleanly_without_stop(tmp_path):
         """
         import sys
         from aiofranka.offload import mpify
+        from aiofranka.offload._proxy import link_of
         from _process_targets import Worker
 
         if __name__ == "__main__":
             proxy = mpify(Worker)
             proxy.call_sync("echo", b"x" * 100_000)
-            print(proxy.pid, proxy._token, flush=True)
+            print(proxy.pid, link_of(proxy)._token, flush=True)
             # no stop(): the exit hook stops the child
         """,
         timeout=30,
@@ -542,6 +638,7 @@ def test_child_exits_when_the_parent_is_killed(tmp_path, busy):
             import sys, threading, time
             sys.path.insert(0, {str(TESTS_DIR)!r})
             from aiofranka.offload import mpify
+            from aiofranka.offload._proxy import link_of
             from _process_targets import Worker
 
             if __name__ == "__main__":
@@ -550,7 +647,7 @@ def test_child_exits_when_the_parent_is_killed(tmp_path, busy):
                 if {busy!r}:
                     threading.Thread(target=proxy.call_sync, args=("slow", 60), daemon=True).start()
                     time.sleep(0.3)
-                print(proxy.pid, proxy._token, flush=True)
+                print(proxy.pid, link_of(proxy)._token, flush=True)
                 time.sleep(60)
             """
         )

@@ -30,7 +30,7 @@ from .command import MODES, SETTABLE, Commands
 from .guardian import Guardian, watch_gc
 from .trajectory import follow, plan_joint_motion
 
-__all__ = ["Controller", "MODES", "SETTABLE"]
+__all__ = ["Controller", "FrankaController", "MODES", "SETTABLE"]
 
 
 class Controller:
@@ -472,8 +472,10 @@ class Controller:
 
     # -- motion ----------------------------------------------------------------
 
-    async def move(self, q, *, speed: float = 0.3, tolerance: float = 0.01, timeout: float | None = None) -> None:
-        """Move to joint positions ``q`` on a jerk-limited trajectory; return on arrival.
+    async def move(self, q=None, *, speed: float = 0.3, tolerance: float = 0.01,
+                   timeout: float | None = None) -> None:
+        """Move to joint positions ``q`` (rad; default: the home pose
+        :data:`aiofranka.limits.Q_HOME`) on a jerk-limited trajectory; return on arrival.
 
         The trajectory (ruckig) respects ``speed`` times the FR3 velocity,
         acceleration and jerk limits and is tracked in impedance mode (the
@@ -486,7 +488,7 @@ class Controller:
         interrupts it. If the call is cancelled or times out, the arm holds
         where the trajectory had got to.
         """
-        target = validation.joint_positions("q", q)
+        target = validation.joint_positions("q", limits.Q_HOME if q is None else q)
         speed = validation.positive("speed", speed, upper=1.0)
         tolerance = validation.positive("tolerance", tolerance)
         if timeout is not None:
@@ -598,3 +600,6 @@ class Controller:
         state = "running" if self.running else "stopped"
         return f"<Controller {self.mode} {state} on {self._robot!r}>"
 
+
+#: The name aiofranka 0.9's guide gives the in-process controller (docs/migration.md).
+FrankaController = Controller

@@ -1,8 +1,12 @@
 """ProcessProxy: the parent's handle on an object that lives in a child process (made by mpify).
 
-Requests go out as frames on a socket pair (``_wire``), large payloads through shared memory
-(``_shm``); the running event loop reads the replies with ``add_reader``, blocking callers poll
-the pipe themselves. Design, cancellation and worker death: docs/async.md (how mpify works).
+The handle forwards every name it does not define to the remote object (``await proxy.attr``,
+``await proxy.method(...)``); its machinery lives in a private ``_Link``, so no name of the
+proxy's own shadows one of the remote object's. Requests go out as frames on a socket pair
+(``_wire``), large payloads through shared memory (``_shm``); the running event loop reads the
+replies with ``add_reader``, blocking callers poll the pipe themselves. The child is started and
+awaited by a helper thread, so making or stopping a proxy never blocks an event loop. Design,
+cancellation and worker death: docs/async.md (how mpify works).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import signal
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
+from .._os import demote_to_normal
 from ..exceptions import CallTimeoutError, OffloadError, WorkerCrashedError, WorkerStoppedError
 from ._pending import Pending, SyncWaiter, settle
 from ._shm import Peer, Pool, unlink_prefix
@@ -105,58 +110,72 @@ class _Counters:
         return ProxyStats(**{name: getattr(self, name) for name in self.__slots__})
 
 
-_LIVE: "weakref.WeakSet[ProcessProxy]" = weakref.WeakSet()
+_LIVE: "weakref.WeakSet[_Link]" = weakref.WeakSet()
+_STOPPERS: set[threading.Thread] = set()  # background stops in flight, finished at exit
+
+# Names the proxy never forwards: Python's protocols (copy, pickle, numpy, IPython probe them
+# with getattr and would otherwise get a remote member) and the handle's own slot.
+_RESERVED_PREFIX = "_aiofranka_"
 
 
 class _RemoteMember:
-    """``proxy.name``: await it for the attribute, or call it for the method."""
+    """``proxy.name``: call it for the method, or await it for the attribute's value."""
 
-    __slots__ = ("_proxy", "_name")
+    __slots__ = ("_link", "_name")
 
-    def __init__(self, proxy: "ProcessProxy", name: str) -> None:
-        self._proxy = proxy
+    def __init__(self, link: "_Link", name: str) -> None:
+        self._link = link
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any):
-        return self._proxy.call(self._name, *args, **kwargs)
+        name = self._name
+        return self._link.request(CALL, (name, args, kwargs), name)  # one coroutine, no wrapper
 
     def __await__(self):
-        return self._proxy.get(self._name).__await__()
+        return self._link.request(GETATTR, self._name, self._name).__await__()
 
     def __repr__(self) -> str:
-        return f"<remote member {self._name!r} of {self._proxy!r}>"
+        return f"<remote member {self._name!r} of {self._link.describe()}>"
 
 
 class ProcessProxy:
     """Calls into an object that lives in a spawned child process; made by :func:`mpify`.
 
-    Every public method of the child's object becomes a coroutine, and awaiting an attribute
+    Every method of the child's object becomes a coroutine, and awaiting an attribute
     fetches its value::
 
         import asyncio
-        from aiofranka import ampify
+        from aiofranka import mpify
 
         class Counter:
             def __init__(self, start):
                 self.value = start
+                self._calls = 0
 
             def add(self, n):
                 self.value += n
+                self._calls += 1
                 return self.value
 
         async def main():
-            async with await ampify(Counter, 10) as counter:
-                print(await counter.add(5))   # 15
+            async with mpify(Counter, 10) as counter:   # returns at once; the child starts meanwhile
+                print(await counter.add(5))   # 15 (waits for the child first)
                 print(await counter.value)    # 15
+                print(await counter._calls)   # 1
 
         if __name__ == "__main__":
             asyncio.run(main())
 
+    Every name the proxy does not define itself reaches the remote object, private-looking
+    ones included; a name the object lacks raises ``AttributeError`` naming it. The proxy's own
+    names (``call``, ``get``, ``call_sync``, ``call_sync_timeout``, ``get_sync``, ``ready``,
+    ``stop``, ``astop``, ``running``, ``stats``, ``pid``) and dunder names reach the object
+    through ``await proxy.call(name, ...)`` / ``await proxy.get(name)``. Outside the event loop
+    use :meth:`call_sync` / :meth:`get_sync`.
+
     Calls may overlap (``asyncio.gather``); the child runs them one at a time, in the order
-    they were sent. Names the proxy defines itself (``call``, ``get``, ``stop``, ``running``,
-    ``stats``, ``pid``...)
-    and names starting with ``_`` are reached with ``await proxy.call(name, ...)`` or
-    ``await proxy.get(name)``. Outside the event loop use :meth:`call_sync` / :meth:`get_sync`.
+    they were sent. Calls made while the child starts wait for it; :meth:`ready` waits
+    without calling, and raises why the child could not start (the factory's exception).
 
     NumPy arrays in arguments and results travel through shared memory (see docs/async.md);
     an array comes back as a fresh copy (read-only arrays stay read-only).
@@ -172,81 +191,73 @@ class ProcessProxy:
     stopped running.
     """
 
-    def __init__(self, process, conn, pool: Pool, token: str) -> None:
-        self._process = process
-        self._conn = conn
-        self._fd = conn.fileno()
-        self._sentinel = process.sentinel
-        self._pid: int = process.pid
-        self._pool = pool
-        self._peer = Peer()
-        self._chan = Channel(self._fd)
-        self._token = token
-        self._lock = threading.Lock()
-        self._recv_lock = threading.Lock()
-        self._pending: dict[int, Pending] = {}
-        self._ids = itertools.count(1)
-        self._state = _STARTING
-        self._dead_reason = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._live_timer: asyncio.TimerHandle | None = None
-        self._releases: list[str] = []
-        self._flush_scheduled = False
-        self._stopped = threading.Event()
-        self._exitcode: int | None = None
-        self._waiter = select.poll()  # blocking callers wait on the pipe and the sentinel
-        self._waiter.register(self._fd, select.POLLIN)
-        self._waiter.register(self._sentinel, select.POLLIN)
-        self._sentinel_poll = select.poll()
-        self._sentinel_poll.register(self._sentinel, select.POLLIN)
-        self._dying = False
-        self._death_loop: asyncio.AbstractEventLoop | None = None
-        self._counters = _Counters()
-        self._exit_timeout = 1.0  # set_exit_timeout()
-        _LIVE.add(self)
-        self._finalizer = weakref.finalize(self, _abandon, process, conn, pool, self._chan)
-        self._finalizer.atexit = False
+    # The instance dict holds only the remote members made so far (see __getattr__).
+    __slots__ = ("_aiofranka_link", "__dict__", "__weakref__")
+
+    def __init__(self, link: "_Link") -> None:
+        object.__setattr__(self, "_aiofranka_link", link)
+
+    # ----------------------------------------------------------------- the remote object's names
+
+    def __getattr__(self, name: str) -> _RemoteMember:
+        # Reached only for names the proxy lacks: every one of them is the remote object's.
+        if name.startswith(_RESERVED_PREFIX) or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        member = _RemoteMember(self._aiofranka_link, name)
+        # Kept, so the next `proxy.name` is a plain lookup: reaching __getattr__ costs ~2 µs.
+        self.__dict__[name] = member
+        return member
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"cannot set {name!r} through a ProcessProxy: the object lives in the child process; "
+            f"give it a method that sets it and call that"
+        )
+
+    def __repr__(self) -> str:
+        return f"<ProcessProxy {self._aiofranka_link.describe()}>"
 
     # ----------------------------------------------------------------- public surface
 
     @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self._pid
+    def pid(self) -> int | None:
+        """The child's process id (None until the child has been spawned)."""
+        return self._aiofranka_link._pid
 
     @property
     def running(self) -> bool:
-        """True while the child runs and the proxy accepts calls."""
-        return self._state == _RUNNING and self._poll_exitcode() is None
+        """True while the child runs and the proxy accepts calls (False while it starts)."""
+        return self._aiofranka_link.running()
 
     @property
     def stats(self) -> ProxyStats:
         """A snapshot of this proxy's traffic counters."""
-        return self._counters.snapshot()
-
-    def __getattr__(self, name: str) -> _RemoteMember:
-        if name.startswith("_"):
-            raise AttributeError(
-                f"{type(self).__name__!r} has no attribute {name!r} (reach private names of the "
-                f"remote object with proxy.call({name!r}, ...) or proxy.get({name!r}))"
-            )
-        return _RemoteMember(self, name)
-
-    def __repr__(self) -> str:
-        return f"<ProcessProxy pid={self._pid} {self._state}>"
+        return self._aiofranka_link._counters.snapshot()
 
     async def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``obj.name(*args, **kwargs)`` in the child and return its result."""
-        return await self._request(CALL, (name, args, kwargs), name)
+        return await self._aiofranka_link.request(CALL, (name, args, kwargs), name)
 
     async def get(self, name: str, /) -> Any:
         """Return the value of attribute ``name`` of the child's object."""
-        return await self._request(GETATTR, name, name)
+        return await self._aiofranka_link.request(GETATTR, name, name)
+
+    async def ready(self) -> None:
+        """Wait until the child has built its object.
+
+        Raises why it cannot take calls: the factory's exception (with the child's
+        traceback as ``__cause__``), :class:`~aiofranka.exceptions.OffloadError` if the child
+        was not ready within ``start_timeout``, ``RuntimeError`` for a main script without
+        its ``__main__`` guard, :class:`~aiofranka.exceptions.WorkerStoppedError` after a stop.
+        """
+        link = self._aiofranka_link
+        if not link._started:
+            await link.until_started()
+        link.check_usable()
 
     def call_sync(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Blocking :meth:`call` for code outside the event loop (not inside a coroutine)."""
-        return self._request_sync(CALL, (name, args, kwargs), name)
+        return self._aiofranka_link.request_sync(CALL, (name, args, kwargs), name)
 
     def call_sync_timeout(self, timeout: float, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """:meth:`call_sync` that gives up after ``timeout`` seconds.
@@ -256,50 +267,30 @@ class ProcessProxy:
         """
         if not (isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        return self._request_sync(CALL, (name, args, kwargs), name, timeout)
+        return self._aiofranka_link.request_sync(CALL, (name, args, kwargs), name, timeout)
 
     def get_sync(self, name: str, /) -> Any:
         """Blocking :meth:`get` for code outside the event loop."""
-        return self._request_sync(GETATTR, name, name)
+        return self._aiofranka_link.request_sync(GETATTR, name, name)
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the child: ask it to exit, wait up to ``timeout`` s, then SIGKILL it.
 
         Pending calls fail with :class:`~aiofranka.exceptions.WorkerStoppedError`, as do later
-        ones. Idempotent. It blocks while the child exits (tens of ms): inside a coroutine use
-        :meth:`astop`.
+        ones. Idempotent. A child still starting is killed at once. Outside an event loop it
+        returns once the child is gone. Called on a running event loop's thread it never
+        blocks it: it returns at once and a helper thread waits for the child's exit
+        (``await proxy.astop()`` waits for that too).
         """
-        if not self._begin_stop():
-            return
-        self._detach()
-        self._send_stop()
-        process = self._process
-        try:
-            process.join(timeout)
-            if process.exitcode is None:
-                process.kill()
-                process.join(2.0)
-        except (ValueError, AssertionError):  # pragma: no cover - already closed
-            pass
-        self._finish_stop()
+        link = self._aiofranka_link
+        if running_loop() is not None:
+            link.stop_soon(timeout)
+        else:
+            link.stop_blocking(timeout)
 
     async def astop(self, timeout: float | None = 5.0) -> None:
-        """:meth:`stop` without blocking the event loop (the join happens off the loop)."""
-        loop = asyncio.get_running_loop()
-        if not self._begin_stop():
-            while not self._stopped.is_set():
-                await asyncio.sleep(0.005)
-            return
-        self._detach()
-        self._send_stop()
-        if not await self._wait_exit(loop, timeout):
-            self._kill()
-            await self._wait_exit(loop, 2.0)
-        for _ in range(200):  # the sentinel fires a moment before the child is reapable
-            if self._poll_exitcode() is not None:
-                break
-            await asyncio.sleep(0.001)
-        self._finish_stop()
+        """:meth:`stop` that returns once the child is gone, without blocking the event loop."""
+        await self._aiofranka_link.astop(timeout)
 
     def __enter__(self) -> "ProcessProxy":
         return self
@@ -313,12 +304,137 @@ class ProcessProxy:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.astop()
 
+
+class _Link:
+    """The machinery behind one :class:`ProcessProxy`: the child, the pipe, the calls in flight."""
+
+    def __init__(self) -> None:
+        # Bound when the child has been spawned (by the start thread, see _bind).
+        self._process = None
+        self._conn = None
+        self._fd = -1
+        self._sentinel = -1
+        self._pid: int | None = None
+        self._pool: Pool | None = None
+        self._chan: Channel | None = None
+        self._token = ""
+        self._waiter = None  # blocking callers wait on the pipe and the sentinel
+        self._sentinel_poll = None
+        self._finalizer = None
+        self._peer = Peer()
+        self._lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._pending: dict[int, Pending] = {}
+        self._ids = itertools.count(1)
+        self._state = _STARTING
+        self._dead_reason = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._live_timer: asyncio.TimerHandle | None = None
+        self._releases: list[str] = []
+        self._flush_scheduled = False
+        self._stopped = threading.Event()
+        self._exitcode: int | None = None
+        self._dying = False
+        self._death_loop: asyncio.AbstractEventLoop | None = None
+        self._counters = _Counters()
+        self.exit_timeout = 1.0  # seconds the child gets at interpreter exit (set_exit_timeout)
+        # The start: finished (either way) once _started is True and _launched is set.
+        self._started = False
+        self._launched = threading.Event()
+        self._start_error: BaseException | None = None
+        self._start_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._kill_on_stop = False
+        _LIVE.add(self)
+
+    def describe(self) -> str:
+        return f"pid={self._pid} {self._state}"
+
+    def running(self) -> bool:
+        return self._state == _RUNNING and self._poll_exitcode() is None
+
+    # ----------------------------------------------------------------- the start
+
+    def run_start(self, launch: Callable[[], tuple], start_timeout: float) -> None:
+        """Spawn the child and wait for its READY (in the start thread, at SCHED_OTHER)."""
+        error: BaseException | None = None
+        try:
+            demote_to_normal()
+            deadline = time.monotonic() + start_timeout
+            process, conn, pool, token = launch()
+            ready = SyncWaiter()
+            if self._bind(process, conn, pool, token, ready):
+                if not self._wait_sync(ready, deadline):
+                    error = OffloadError(f"the mpify child process did not become ready within {start_timeout} s")
+                else:
+                    ready.result()  # raises the factory's error, or why the child died or stopped
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the proxy
+            error = exc
+        finally:
+            self._finish_start(error)  # always: callers wait for it
+
+    def _bind(self, process, conn, pool: Pool, token: str, ready: SyncWaiter) -> bool:
+        """Take the spawned child; False if a stop came first (the stopper then reaps it)."""
+        with self._lock:
+            self._process = process
+            self._conn = conn
+            self._fd = conn.fileno()
+            self._sentinel = process.sentinel
+            self._pid = process.pid
+            self._pool = pool
+            self._chan = Channel(self._fd)
+            self._token = token
+            self._waiter = select.poll()
+            self._waiter.register(self._fd, select.POLLIN)
+            self._waiter.register(self._sentinel, select.POLLIN)
+            self._sentinel_poll = select.poll()
+            self._sentinel_poll.register(self._sentinel, select.POLLIN)
+            self._finalizer = weakref.finalize(self, _abandon, process, conn, pool, self._chan)
+            self._finalizer.atexit = False
+            if self._state != _STARTING:
+                return False
+            self._pending[0] = Pending(ready, None, None, "start")  # settled by READY, a death or a stop
+            return True
+
+    def _finish_start(self, error: BaseException | None) -> None:
+        try:
+            with self._lock:
+                stopping = self._state in (_STOPPING, _STOPPED)
+            if error is not None and not stopping:
+                self._start_error = error
+                if self._begin_stop():
+                    self._stop_now(0)  # reap before telling anyone: the caller sees no child left
+        finally:
+            with self._lock:
+                self._started = True
+                self._launched.set()
+                waiters, self._start_waiters = self._start_waiters, []
+        for loop, fut in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:  # that loop is closed
+                pass
+
+    async def until_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            if self._started:
+                return
+            self._start_waiters.append((loop, fut))
+        await fut  # each waiter has its own future: cancelling one leaves the others
+
+    def wait_started_sync(self, timeout: float | None) -> bool:
+        return self._launched.wait(timeout)
+
     # ----------------------------------------------------------------- requests
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
         state = self._state
         if state == _RUNNING and not self._dying:
             return
+        if self._start_error is not None:
+            raise self._start_error
         if state == _RUNNING:
             raise WorkerCrashedError(f"the mpify child process (pid {self._pid}) is exiting")
         if state == _CRASHED:
@@ -328,13 +444,13 @@ class ProcessProxy:
         raise OffloadError("the mpify child process is not ready yet")
 
     def _submit(self, kind: int, payload: Any, fut, loop, label: str) -> None:
-        self._check_usable()
+        self.check_usable()
         data, segment = encode(payload, self._pool)
         with self._lock:
             if self._state != _RUNNING or self._dying:
                 if segment is not None:
                     self._pool.release(segment[0])
-                self._check_usable()
+                self.check_usable()
             rid = next(self._ids)
             self._pending[rid] = Pending(fut, loop, segment[0] if segment else None, label)
             try:
@@ -364,7 +480,9 @@ class ProcessProxy:
         self._counters.pipe_bytes_sent += len(frame)
         self._counters.last_frame_sent = len(frame)
 
-    async def _request(self, kind: int, payload: Any, label: str) -> Any:
+    async def request(self, kind: int, payload: Any, label: str) -> Any:
+        if not self._started:  # the first calls wait for the child
+            await self.until_started()
         loop = self._attach()
         fut = loop.create_future()
         self._submit(kind, payload, fut, loop, label)
@@ -372,16 +490,20 @@ class ProcessProxy:
             self._live_timer = loop.call_later(0.5, self._check_alive)
         return await fut
 
-    def _request_sync(self, kind: int, payload: Any, label: str, timeout: float | None = None) -> Any:
-        self._check_usable()
+    def request_sync(self, kind: int, payload: Any, label: str, timeout: float | None = None) -> Any:
+        if self._started:
+            self.check_usable()  # a stopped or dead proxy says so first
         if running_loop() is not None:
             raise RuntimeError(
                 f"{label!r}: call_sync()/get_sync() would block the running event loop; "
                 "use await proxy.call(...) / await proxy.get(...) there"
             )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._started and not self._launched.wait(timeout):
+            raise CallTimeoutError(f"{label!r}: the mpify child process did not start within {timeout} s")
+        self.check_usable()
         fut = SyncWaiter()
         self._submit(kind, payload, fut, None, label)
-        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._wait_sync(fut, deadline):
             fut.set_exception(CallTimeoutError(f"{label!r} got no reply from the child process "
                                                f"(pid {self._pid}) within {timeout} s"))
@@ -394,7 +516,7 @@ class ProcessProxy:
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return loop
-        self._check_usable()
+        self.check_usable()
         old = self._loop
         if old is not None:
             if not old.is_closed() and old.is_running():
@@ -406,14 +528,6 @@ class ProcessProxy:
         loop.add_reader(self._fd, self._on_readable)
         loop.add_reader(self._sentinel, self._on_sentinel)
         return loop
-
-    def _attach_starting(self, loop) -> None:
-        """Register the loop readers while the proxy is still starting (no usability check)."""
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-        loop.add_reader(self._fd, self._on_readable)
-        loop.add_reader(self._sentinel, self._on_sentinel)
-        self._live_timer = loop.call_later(0.5, self._check_alive)
 
     def _remove_readers(self, loop) -> None:
         for fd in (self._fd, self._sentinel):
@@ -646,7 +760,7 @@ class ProcessProxy:
             settle(entry, error=WorkerCrashedError(reason))
 
     def _poll_exitcode(self) -> int | None:
-        if self._exitcode is None:
+        if self._exitcode is None and self._process is not None:
             try:
                 self._exitcode = self._process.exitcode
             except ValueError:  # process object closed
@@ -659,14 +773,85 @@ class ProcessProxy:
         with self._lock:
             if self._state in (_STOPPING, _STOPPED):
                 return False
+            self._kill_on_stop = self._state == _STARTING  # nothing to finish: no need to wait
             self._state = _STOPPING
             pending = list(self._pending.values())
             self._pending.clear()
         for entry in pending:
             settle(entry, error=WorkerStoppedError(f"the mpify child process (pid {self._pid}) was stopped"))
-        self._finalizer.detach()
+        if self._finalizer is not None:
+            self._finalizer.detach()
         _LIVE.discard(self)
         return True
+
+    def stop_blocking(self, timeout: float | None) -> None:
+        if not self._begin_stop():
+            return
+        self._launched.wait()  # the stop settled the start's wait: it ends within 0.1 s
+        self._stop_now(timeout)
+
+    def stop_soon(self, timeout: float | None) -> None:
+        """Stop from a running event loop's thread: the readers go now, the wait for the exit
+        happens in a helper thread (joining the child here would block the loop)."""
+        if not self._begin_stop():
+            return
+        if self._in_loop_thread():
+            self._detach()
+        thread = threading.Thread(target=self._stop_in_thread, args=(timeout,),
+                                  name="aiofranka-mpify-stop", daemon=True)
+        _STOPPERS.add(thread)
+        thread.start()
+
+    def _stop_in_thread(self, timeout: float | None) -> None:
+        demote_to_normal()
+        try:
+            self._launched.wait()
+            self._stop_now(timeout)
+        finally:
+            _STOPPERS.discard(threading.current_thread())
+
+    def _stop_now(self, timeout: float | None) -> None:
+        """Ask the child to exit, wait up to ``timeout`` s, kill it, reap it (blocks; after _begin_stop)."""
+        process = self._process
+        if process is None:  # it was never spawned
+            self._finish_stop()
+            return
+        self._detach()
+        self._send_stop()
+        try:
+            if self._kill_on_stop:
+                self._kill()
+            process.join(timeout)
+            if process.exitcode is None:
+                process.kill()
+                process.join(2.0)
+        except (ValueError, AssertionError):  # pragma: no cover - already closed
+            pass
+        self._finish_stop()
+
+    async def astop(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._begin_stop():
+            while not self._stopped.is_set():
+                await asyncio.sleep(0.005)
+            return
+        while not self._launched.is_set():  # the stop settled the start's wait: within 0.1 s
+            await asyncio.sleep(0.005)
+        if self._process is None:
+            self._finish_stop()
+            return
+        self._detach()
+        self._send_stop()
+        if self._kill_on_stop:
+            self._kill()
+        if not await self._wait_exit(loop, timeout):
+            self._kill()
+            await self._wait_exit(loop, 2.0)
+        for _ in range(200):  # the sentinel fires a moment before the child is reapable
+            if self._poll_exitcode() is not None:
+                break
+            await asyncio.sleep(0.001)
+        self._finish_stop()
 
     def _send_stop(self) -> None:
         with self._lock:
@@ -703,27 +888,38 @@ class ProcessProxy:
     def _finish_stop(self) -> None:
         got = self._recv_lock.acquire(timeout=2.0)
         try:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-            self._chan.close()
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except OSError:
+                    pass
+            if self._chan is not None:
+                self._chan.close()
         finally:
             if got:
                 self._recv_lock.release()
-        self._pool.unlink_all()
+        if self._pool is not None:
+            self._pool.unlink_all()
         self._peer.close_all()
-        unlink_prefix(f"afk{self._token}c")
+        if self._token:
+            unlink_prefix(f"afk{self._token}c")
+        if self._finalizer is not None:  # bound after the stop began
+            self._finalizer.detach()
         with self._lock:
             self._state = _STOPPED
         process = self._process
         try:
-            if self._poll_exitcode() is not None:
+            if process is not None and self._poll_exitcode() is not None:
                 process.join(0)
                 process.close()
         except (ValueError, AssertionError):  # pragma: no cover
             pass
         self._stopped.set()
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _abandon(process, conn, pool: Pool, reader: Channel) -> None:
@@ -743,15 +939,40 @@ def _abandon(process, conn, pool: Pool, reader: Channel) -> None:
 @atexit.register
 def _stop_all_at_exit() -> None:
     # Runs before multiprocessing's own exit hook joins the (non-daemonic) children.
-    for proxy in list(_LIVE):
+    for link in list(_LIVE):
         try:
-            proxy.stop(timeout=proxy._exit_timeout)
+            link.stop_blocking(link.exit_timeout)
         except Exception:  # noqa: BLE001
             pass
+    for thread in list(_STOPPERS):
+        thread.join(3.0)
 
 
-# -- the launcher's interface (to_process.py): module functions, so that no
-# method name shadows an attribute of the remote object -------------------------
+# -- the launcher's interface (to_process.py) -----------------------------------
+
+
+def start(launch: Callable[[], tuple], start_timeout: float) -> ProcessProxy:
+    """A proxy whose child ``launch()`` spawns in a helper thread, which then awaits its READY.
+
+    ``launch`` returns ``(process, conn, pool, token)``. Returns at once.
+    """
+    link = _Link()
+    threading.Thread(target=link.run_start, args=(launch, start_timeout),
+                     name="aiofranka-mpify-start", daemon=True).start()
+    return ProcessProxy(link)
+
+
+def wait_started(proxy: ProcessProxy, timeout: float) -> None:
+    """Block until ``proxy``'s child is ready; raise why it is not (the factory's error...)."""
+    link = proxy._aiofranka_link
+    if not link.wait_started_sync(timeout):
+        raise OffloadError(f"the mpify child process could not be started within {timeout} s")
+    link.check_usable()
+
+
+def link_of(proxy: ProcessProxy) -> _Link:
+    """The machinery behind ``proxy`` (for tests and the launcher)."""
+    return proxy._aiofranka_link
 
 
 def set_exit_timeout(proxy: ProcessProxy, seconds: float) -> None:
@@ -759,25 +980,4 @@ def set_exit_timeout(proxy: ProcessProxy, seconds: float) -> None:
 
     Server mode sets it from ``stop_ramp``: its child ramps the arm down on the way out.
     """
-    proxy._exit_timeout = float(seconds)
-
-
-def expect_ready(proxy: ProcessProxy, fut, loop) -> None:
-    """Settle ``fut`` (on ``loop``, or a SyncWaiter) when the child reports ready or fails to start."""
-    proxy._pending[0] = Pending(fut, loop, None, "start")
-
-
-def wait_ready_sync(proxy: ProcessProxy, fut, deadline: float | None) -> bool:
-    """Block until ``fut`` is done, reading the child's pipe here; False on timeout."""
-    return proxy._wait_sync(fut, deadline)
-
-
-def attach_starting(proxy: ProcessProxy, loop) -> None:
-    """Watch the child's pipe from ``loop`` while it is still starting."""
-    proxy._attach_starting(loop)
-
-
-def abort(proxy: ProcessProxy) -> None:
-    """Stop watching the child (on the loop's thread) and kill it; stop() still reaps it."""
-    proxy._detach()
-    proxy._kill()
+    proxy._aiofranka_link.exit_timeout = float(seconds)

@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from .. import _kernel, validation
+from .. import _kernel, limits, validation
 from ..exceptions import ControllerStateError, WorkerCrashedError
 from .._os import fifo_priority, promote
 from ..loop._bridge import call_on_loop
@@ -343,6 +343,12 @@ class FrankaRemoteController:
                  timeout: float = 2.0, start_timeout: float = 60.0, **options) -> None:
         if ip is not None and (not isinstance(ip, str) or not ip.strip()):
             raise ValueError(f"ip must be an address string or None, got {ip!r}")
+        if asyncio._get_running_loop() is not None:  # checked before a child is spawned
+            raise RuntimeError(
+                "FrankaRemoteController blocks while its server starts and on every command; "
+                "inside a running event loop use the in-process Controller, or create and drive "
+                "it from a thread (await asyncio.to_thread(...))"
+            )
         if robot is not None and not isinstance(robot, dict):
             raise TypeError(f"robot must be a dict of Robot keyword arguments, got {type(robot).__name__}")
         if priority is not None and not (isinstance(priority, int) and 1 <= priority <= 99):
@@ -521,13 +527,14 @@ class FrankaRemoteController:
         array = validate(name, value)
         self._call("set", name, array, extra=self._set_period or 0.0)
 
-    def move(self, q, *, speed: float = 0.3, tolerance: float = 0.01, timeout: float | None = None) -> None:
-        """Move to ``q`` on a jerk-limited trajectory and return on arrival (see :meth:`Controller.move`).
+    def move(self, q=None, *, speed: float = 0.3, tolerance: float = 0.01, timeout: float | None = None) -> None:
+        """Move to ``q`` (default: the home pose) on a jerk-limited trajectory and return on
+        arrival (see :meth:`Controller.move`).
 
         Without ``timeout`` the child's own limit applies (the trajectory's
         duration plus 2 s of robot time); the reply is awaited for up to 120 s.
         """
-        target = validation.joint_positions("q", q)
+        target = validation.joint_positions("q", limits.Q_HOME if q is None else q)
         speed = validation.positive("speed", speed, upper=1.0)
         tolerance = validation.positive("tolerance", tolerance)
         if timeout is not None:
