@@ -17,6 +17,8 @@ from .exceptions import (
     ControllerStateError,
     ControllerStoppedError,
     EventLoopStallError,
+    GripperError,
+    GripperStoppedError,
     InvalidOperationError,
     MissingDependencyError,
     MotionTimeoutError,
@@ -51,6 +53,10 @@ __all__ = [
     "EventLoopStallError",
     "Franka",
     "FrankaRemoteController",
+    "Gripper",
+    "GripperError",
+    "GripperState",
+    "GripperStoppedError",
     "InvalidOperationError",
     "LoopStats",
     "MissingDependencyError",
@@ -97,6 +103,8 @@ _LAZY = {
     "asyncify": ".offload",
     "mpify": ".offload",
     "Robot": ".robot",
+    "Gripper": ".robot",
+    "GripperState": ".robot",
     "RobotState": ".robot",
     "Pacer": ".pacing",
     "Session": ".sync.session",
@@ -110,7 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sync.franka import Franka
     from .offload import CudaInferenceThread, ProcessProxy, ampify, async_input, asyncify, mpify
     from .sync.remote import FrankaRemoteController
-    from .robot import Robot, RobotState
+    from .robot import Gripper, GripperState, Robot, RobotState
     from .pacing import Pacer
     from .stats import SessionStats
     from .sync.session import Session, run
