@@ -38,7 +38,7 @@ async def gripper(robot):
         yield gripper
 
 
-async def settled(gripper: Gripper, check, timeout: float = 5.0) -> GripperState:
+async def settled(gripper: Gripper, check, timeout: float = 15.0) -> GripperState:
     """The first published state that satisfies ``check`` (the hand may still be answering)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -84,6 +84,24 @@ async def test_robot_gripper_on_an_empty_hand_misses_then_closes_with_the_robot(
     without._gripper_wanted = False
     with pytest.raises(aiofranka.InvalidOperationError, match="gripper=True"):
         without.gripper
+
+
+def test_a_stray_arm_state_on_the_hands_port_is_not_taken_for_a_hand_state():
+    import struct
+
+    from aiofranka.robot.gripper import _plausible
+
+    # libfranka cuts any datagram on the hand's UDP port to a 23-byte hand state: an arm
+    # state (uint64 id, then O_T_EE as float32) at the home pose reads as width 0.0078,
+    # max_width 0.0 (a test once failed on exactly that, from another run's simulator).
+    arm = struct.pack("<Q16f", 123456, 1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 0, 0.3, 0, 0.5, 1)
+    _id, width, max_width, _grasped, _temperature = struct.unpack("<IddBH", arm[:23])
+    assert (width, max_width) == (0.0078125, 0.0)
+    assert not _plausible(width, max_width, homed=True)
+    assert _plausible(0.07, 0.0, homed=False)  # a real hand before its first homing
+    assert _plausible(0.04, 0.08, homed=True)
+    assert not _plausible(0.09, 0.08, homed=True)
+    assert not _plausible(math.nan, 0.08, homed=False)
 
 
 async def test_state_reads_never_block_while_a_grasp_runs(gripper):
@@ -177,14 +195,20 @@ async def test_cancelling_the_awaiting_task_stops_the_hand(gripper):
 async def test_a_grasp_in_flight_when_the_controller_stops_is_cancelled_cleanly(gripper, controller):
     async def stop_soon() -> None:
         await asyncio.sleep(0.3)
-        await controller.stop()
+        try:
+            await controller.stop()
+        except aiofranka.ReflexError:  # a starved host; controller.wait() reports it too
+            pass
 
-    asyncio.ensure_future(stop_soon())
+    stopper = asyncio.ensure_future(stop_soon())
     with pytest.raises(BaseExceptionGroup) as info:  # noqa: F821 - builtin on 3.11
         async with asyncio.TaskGroup() as group:
             group.create_task(controller.wait(10.0))
             group.create_task(gripper.grasp(OBJECT, 0.04, 20.0))
-    assert info.group_contains(aiofranka.ControllerStoppedError)
+    await stopper
+    # The controller ended (stopped, or a reflex on a starved host): the group cancelled the grasp.
+    assert info.group_contains(aiofranka.ControllerStoppedError) or info.group_contains(aiofranka.ReflexError)
+    assert not info.group_contains(asyncio.CancelledError)
     state = await settled(gripper, lambda s: s.width == pytest.approx(OBJECT) and not s.is_grasped)
     assert not state.is_grasped, state
     assert not gripper.busy and await gripper.move(0.08, 0.2) is True

@@ -90,6 +90,10 @@ class Robot:
             raise TypeError(f"gripper must be True or False, got {gripper!r}")
         self._gripper_wanted = gripper
         self._gripper = None
+        if gripper:
+            from .gripper import offload_machinery
+
+            offload_machinery()  # so that robot.gripper, first used in a running loop, does not import
         pf = _pylibfranka()
         self._pf = pf
         self.simulator = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import math
 import os
 import secrets
 import struct
@@ -55,6 +56,15 @@ class GripperState:
         return dataclasses.asdict(self)
 
 
+def offload_machinery():
+    """``(ampify, Owned)``, imported here: tens of milliseconds the first time, which the
+    constructors pay so that a start from a running event loop does not."""
+    from ..offload._shm import Owned
+    from ..offload.to_process import ampify
+
+    return ampify, Owned
+
+
 def _read_block(buf) -> tuple | None:
     """The newest complete state in the block, or None when the child is writing right now."""
     for _ in range(64):
@@ -62,6 +72,23 @@ def _read_block(buf) -> tuple | None:
         if not values[0] & 1 and _SEQ.unpack_from(buf, 0)[0] == values[0]:
             return values
     return None
+
+
+def _plausible(width: float, max_width: float, homed: bool) -> bool:
+    """Whether a state can come from a Franka Hand (``homed``: one with ``max_width`` > 0 came).
+
+    libfranka takes any datagram that reaches the hand's UDP port as a state, cut to 23
+    bytes. On a machine shared with other simulators, one of them can stream arm states to
+    a port the hand's connection reuses: seen in a test, an arm at its home pose read as
+    width 0.0078, max_width 0.0. A hand reports max_width 0 only until its first homing, and
+    its fingers never open past the stroke.
+    """
+    if not (math.isfinite(width) and math.isfinite(max_width) and 0.0 <= max_width <= 0.2
+            and -0.005 <= width <= 0.2):
+        return False
+    if max_width > 0.0:
+        return width <= max_width + 0.005
+    return not homed
 
 
 class _Hand:
@@ -83,15 +110,24 @@ class _Hand:
         self._lock = threading.Lock()
         self._seq = 0
         self._count = 0
-        self._publish()
+        self._homed = False
+        for _ in range(200):  # a few seconds at the hand's rate
+            if self._publish():
+                break
+        else:
+            raise GripperError(f"the Franka Hand at {ip} sent no plausible state")
         self._period = period
         self._closing = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="aiofranka-gripper-state", daemon=True)
         self._poller.start()
 
-    def _publish(self) -> None:
+    def _publish(self) -> bool:
+        """Read the hand's state and publish it; False (nothing published) for a stray datagram."""
         with self._translate():
             state = self._hand.read_once()
+        if not _plausible(state.width, state.max_width, self._homed):
+            return False
+        self._homed = self._homed or state.max_width > 0.0
         with self._lock:
             self._count += 1
             buf = self._buf
@@ -100,6 +136,7 @@ class _Hand:
                              float(state.temperature), state.time.to_sec(), float(self._count))
             self._seq += 2
             _SEQ.pack_into(buf, 0, self._seq)
+        return True
 
     def _poll(self) -> None:
         while not self._closing.wait(self._period):
@@ -182,7 +219,8 @@ class Gripper:
     * :attr:`state`: the latest :class:`GripperState`, read from shared memory (never blocks).
 
     Values are checked before anything is sent (``ValueError`` naming the parameter): widths
-    in 0..``max_width`` m, speeds and forces positive, epsilons non-negative.
+    in 0..``max_width`` m (once the hand was homed), speeds and forces positive, epsilons
+    non-negative.
 
     Example::
 
@@ -203,6 +241,7 @@ class Gripper:
     def __init__(self, ip: str, *, start_timeout: float = 60.0, close_timeout: float = 5.0) -> None:
         if not isinstance(ip, str) or not ip.strip():
             raise ValueError(f"ip must be an address string, got {ip!r}")
+        offload_machinery()
         self.ip = ip
         self._start_timeout = validation.positive("start_timeout", start_timeout)
         self._close_timeout = validation.positive("close_timeout", close_timeout)
@@ -265,9 +304,7 @@ class Gripper:
         await asyncio.shield(starting)  # a cancelled caller leaves the start to the others
 
     async def _start(self) -> None:
-        from ..offload._shm import Owned
-        from ..offload.to_process import ampify
-
+        ampify, Owned = offload_machinery()
         old, self._proxy = self._proxy, None
         if old is not None:  # its process died: reap it before starting another
             await old.astop(timeout=0)
@@ -390,7 +427,7 @@ class Gripper:
 
     def _check_width(self, width: float) -> None:
         max_width = self.state.max_width
-        if width > max_width:
+        if max_width > 0.0 and width > max_width:  # 0: not homed yet, the hand judges
             raise ValueError(f"width must be at most the hand's max_width, {max_width} m, got {width!r}")
 
     async def move(self, width: float, speed: float) -> bool:
