@@ -79,7 +79,7 @@ async def test_robot_gripper_on_an_empty_hand_misses_then_closes_with_the_robot(
         assert gripper.running
         pid = gripper._proxy.pid
     assert gripper.closed and not gripper.running
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert not os.path.exists(f"/proc/{pid}")  # its process was stopped and reaped
     without = Robot.__new__(Robot)  # the check comes before the connection is used
     without._gripper_wanted = False
     with pytest.raises(aiofranka.InvalidOperationError, match="gripper=True"):
@@ -146,6 +146,16 @@ async def test_bad_values_raise_naming_the_parameter_and_send_nothing(gripper, c
     with pytest.raises((ValueError, TypeError), match=rf"^{name} must"):
         await call(gripper)
     assert gripper._proxy.stats.calls == before
+
+
+async def test_a_command_the_hand_fails_raises_gripper_error(gripper):
+    # Past validation (which refuses it first), the hand answers kFail: libfranka raises
+    # CommandException in the gripper's process, which reaches the caller as GripperError.
+    with pytest.raises(aiofranka.GripperError, match=r"refused or failed move\(\)") as info:
+        await gripper._proxy.call("move", 0.1, 0.1)
+    assert isinstance(info.value, aiofranka.RobotError)
+    assert "CommandException" in str(info.value.__cause__)  # the child's traceback
+    assert await gripper.move(0.05, 0.2) is True  # still usable
 
 
 def test_simulator_gripper_options_are_checked():

@@ -28,10 +28,10 @@ __all__ = ["STATE_PERIOD", "Gripper", "GripperState"]
 #: Seconds between two state reads in the gripper's process (while no command runs there).
 STATE_PERIOD = 0.05
 
-# The shared block: a sequence number (odd while the child writes), then the state, then
-# the number of states published; at _CONTROL a flag the parent sets: stop the hand on exit.
+# The shared block: a sequence number (odd while the child writes) and the state; at
+# _CONTROL a flag the parent sets: stop the hand as the child exits.
 _SEQ = struct.Struct("<Q")
-_STATE = struct.Struct("<Q6d")  # seq, width, max_width, is_grasped, temperature, time, count
+_STATE = struct.Struct("<Q5d")  # seq, width, max_width, is_grasped, temperature, time
 _CONTROL = _STATE.size
 _BLOCK_BYTES = _CONTROL + _SEQ.size
 
@@ -109,7 +109,6 @@ class _Hand:
         demote_to_normal()  # in case connecting promoted us, as pylibfranka.Robot does
         self._lock = threading.Lock()
         self._seq = 0
-        self._count = 0
         self._homed = False
         for _ in range(200):  # a few seconds at the hand's rate
             if self._publish():
@@ -129,11 +128,10 @@ class _Hand:
             return False
         self._homed = self._homed or state.max_width > 0.0
         with self._lock:
-            self._count += 1
             buf = self._buf
             _SEQ.pack_into(buf, 0, self._seq + 1)
             _STATE.pack_into(buf, 0, self._seq + 1, state.width, state.max_width, float(state.is_grasped),
-                             float(state.temperature), state.time.to_sec(), float(self._count))
+                             float(state.temperature), state.time.to_sec())
             self._seq += 2
             _SEQ.pack_into(buf, 0, self._seq)
         return True
@@ -418,7 +416,7 @@ class Gripper:
         values = _read_block(self._block.buf)
         # None: the child is writing this instant, so the previous state is still the newest.
         if values is not None and values[0] != self._last_seq:
-            _seq, width, max_width, grasped, temperature, stamp, _count = values
+            _seq, width, max_width, grasped, temperature, stamp = values
             self._last_seq = values[0]
             self._last_state = GripperState(width, max_width, bool(grasped), temperature, stamp)
         return self._last_state
