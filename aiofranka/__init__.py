@@ -17,6 +17,8 @@ from .exceptions import (
     ControllerStateError,
     ControllerStoppedError,
     EventLoopStallError,
+    GripperError,
+    GripperStoppedError,
     InvalidOperationError,
     MissingDependencyError,
     MotionTimeoutError,
@@ -52,6 +54,10 @@ __all__ = [
     "Franka",
     "FrankaController",
     "FrankaRemoteController",
+    "Gripper",
+    "GripperError",
+    "GripperState",
+    "GripperStoppedError",
     "InvalidOperationError",
     "LoopStats",
     "MissingDependencyError",
@@ -99,6 +105,8 @@ _LAZY = {
     "asyncify": ".offload",
     "mpify": ".offload",
     "Robot": ".robot",
+    "Gripper": ".robot",
+    "GripperState": ".robot",
     "RobotState": ".robot",
     "Pacer": ".pacing",
     "Session": ".sync.session",
@@ -112,7 +120,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sync.franka import Franka
     from .offload import CudaInferenceThread, ProcessProxy, ampify, async_input, asyncify, mpify
     from .sync.remote import FrankaRemoteController
-    from .robot import Robot, RobotState
+    from .robot import Gripper, GripperState, Robot, RobotState
     from .pacing import Pacer
     from .stats import SessionStats
     from .sync.session import Session, run

@@ -19,6 +19,10 @@ def _sim(args: argparse.Namespace) -> int:
         argv.append("--no-enforce-comm-constraints")
     if args.vis:
         argv.append("--vis")
+    if args.gripper or args.gripper_object_width is not None:
+        argv.append("--gripper")
+    if args.gripper_object_width is not None:
+        argv += ["--gripper-object-width", repr(args.gripper_object_width)]
     return _server.main(argv)
 
 
@@ -101,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--no-enforce-comm-constraints", action="store_true",
                      help="do not abort after 20 consecutive lost commands (the robot does)")
     sim.add_argument("--vis", action="store_true", help="open the MuJoCo viewer")
+    sim.add_argument("--gripper", action="store_true", help="also serve a Franka Hand on HOST:1338")
+    sim.add_argument("--gripper-object-width", type=float, default=None, metavar="M",
+                     help="width (m) of a virtual object between the fingers (implies --gripper)")
     sim.set_defaults(func=_sim)
 
     demo = sub.add_parser("demo", help="hold, move through joint and Cartesian targets, print the loop figures")

@@ -7,7 +7,9 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     │   ├── ReflexError            the robot stopped with a reflex; ``.errors`` names it
     │   ├── CommandError           a non-realtime command was rejected
     │   ├── RealtimeError          the real-time setup is not possible here
-    │   └── InvalidOperationError  the call is not allowed in the robot's current state
+    │   ├── InvalidOperationError  the call is not allowed in the robot's current state
+    │   └── GripperError           the Franka Hand failed a command, or its process died
+    │       └── GripperStoppedError  ``stop()``, ``close()`` or a cancellation ended the call
     ├── RobotConnectionError       the connection is gone (also a builtin ``ConnectionError``)
     ├── ControlLawError            a control law raised inside the 1 kHz loop
     ├── ControllerStateError       the call does not fit the controller's lifecycle
@@ -47,6 +49,8 @@ __all__ = [
     "ControllerStateError",
     "ControllerStoppedError",
     "EventLoopStallError",
+    "GripperError",
+    "GripperStoppedError",
     "InvalidOperationError",
     "MissingDependencyError",
     "MotionTimeoutError",
@@ -99,6 +103,16 @@ class RealtimeError(RobotError):
 
 class InvalidOperationError(RobotError):
     """The operation is not allowed in the robot's current state."""
+
+
+class GripperError(RobotError):
+    """The Franka Hand failed a command (libfranka's ``CommandException``), or the process
+    that drives it died. A grasp that closes on nothing is not an error: it returns ``False``."""
+
+
+class GripperStoppedError(GripperError):
+    """The gripper call was ended by ``gripper.stop()``, ``gripper.close()`` or the
+    cancellation of another call, or the gripper is closed."""
 
 
 class RobotConnectionError(AiofrankaError, ConnectionError):

