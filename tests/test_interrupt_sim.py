@@ -77,6 +77,7 @@ SERVER_MODE = textwrap.dedent(f"""
     import json, threading, time
 
     from aiofranka import FrankaRemoteController, limits
+    from aiofranka.offload._proxy import link_of
 
     def sample(ctl, record):
         # The commanded torque of every published cycle, until the loop ends.
@@ -96,7 +97,7 @@ SERVER_MODE = textwrap.dedent(f"""
         try:
             with FrankaRemoteController(stop_ramp={STOP_RAMP}) as ctl:
                 figures.update(server=ctl.pid, simulator=ctl.simulator_pid, frame=ctl._frame_name,
-                               segments="afk" + ctl._proxy._token)
+                               segments="afk" + link_of(ctl._proxy)._token)
                 ctl.move(limits.Q_HOME, speed=0.6)
                 ctl.switch("torque")
                 ctl.torque = {HELD}

@@ -233,10 +233,11 @@ EXIT_WITHOUT_CLOSE = textwrap.dedent("""
         import atexit
 
         def report():  # registered before aiofranka's exit hook, so it runs after it
-            print("server exit code", ctl._proxy._exitcode, flush=True)
+            print("server exit code", link_of(ctl._proxy)._exitcode, flush=True)
 
         atexit.register(report)
         from aiofranka import FrankaRemoteController
+        from aiofranka.offload._proxy import link_of
 
         ctl = FrankaRemoteController(stop_ramp=2.0)
         ctl.start()
