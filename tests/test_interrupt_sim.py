@@ -156,7 +156,9 @@ def check_the_fade(record: list) -> None:
     before_zero = slice(full, zero)  # the last step to zero is the duration's to check
     assert np.all(np.abs(taus[before_zero]) >= line[:-1, None] * np.abs(held) - 1e-9), story
     assert 1000 * STOP_RAMP - 2 <= times[zero] - times[full] <= 3000 * STOP_RAMP, story
-    assert zero - full >= 0.25 * 1000 * STOP_RAMP, story  # seen along the way
+    # Seen along the way, not only at its ends (a busy host may delay the
+    # sampler, so not every cycle).
+    assert zero - full >= 20, story
 
 
 def check_no_traceback(err: str) -> None:
