@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["blend_pose", "exp_so3", "log_so3", "orthonormal", "pose_path"]
+__all__ = ["blend_pose", "exp_so3", "log_so3", "log_so3_many", "orthonormal", "pose_path"]
 
 
 def exp_so3(rotvec: np.ndarray) -> np.ndarray:
@@ -45,6 +45,20 @@ def log_so3(rotation: np.ndarray) -> np.ndarray:
             axis = -axis
         return axis * theta
     return skew * (theta / (2.0 * np.sin(theta)))
+
+
+def log_so3_many(rotations: np.ndarray) -> np.ndarray:
+    """Rotation vectors (n, 3) of rotation matrices (n, 3, 3); angles near pi go through :func:`log_so3`."""
+    r = np.asarray(rotations, dtype=float)
+    cos = np.clip((np.trace(r, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+    theta = np.arccos(cos)
+    skew = np.stack([r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]], axis=1)
+    small = theta < 1e-6
+    scale = np.where(small, 0.5, theta / (2.0 * np.sin(np.where(small, 1.0, theta))))
+    out = skew * scale[:, None]
+    for i in np.flatnonzero(np.pi - theta < 1e-4):
+        out[i] = log_so3(r[i])
+    return out
 
 
 def orthonormal(rotation: np.ndarray) -> np.ndarray:
