@@ -255,9 +255,20 @@ class ChunkScheduler:
         window.extend([window[-1]] * (total - len(window)))
         return tuple(window)
 
+    @property
+    def in_flight_frame(self):
+        """The frame the request in flight was made from (``None`` when none is)."""
+        return None if self._in_flight is None else self._in_flight.frame
+
     def cancel_request(self) -> None:
         """Forget the request in flight (its policy call failed or was cancelled)."""
         self._in_flight = None
+
+    def reject_in_flight(self) -> None:
+        """Discard the reply to the request in flight without using it (counted as rejected)."""
+        if self._in_flight is not None:
+            self._in_flight = None
+            self.rejected += 1
 
     # -- replies --------------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ class Action:
         return f"Action({inner})"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Frame:
     """One observation: camera ``images`` and ``state`` arrays by name, the ``task`` and free ``meta``.
 
