@@ -92,7 +92,7 @@ async def test_chunks_switch_at_1khz_without_a_jump_and_on_the_current_step(cont
     q0 = controller.state.q
     scheduler = ChunkScheduler(control_hz=HZ, steps_before_request=2, clock=lambda: controller.time_ms / 1000.0)
     executor = ControllerExecutor(controller)
-    executor.bind(HZ)
+    executor.bind(HZ, "linear")  # straight segments: the target is exactly the reference's linear interpolation
     executor.record = True
     latency_ticks, chunk_len = 4, 15
     pending = None

@@ -19,26 +19,56 @@ def test_rows_run_from_the_start_position_to_the_last_waypoint():
     assert list(row_positions(5, 4.0, PERIOD_MS)) == [4.0]
 
 
-def test_joint_rows_pass_every_waypoint_and_move_one_interpolation_step_per_ms():
+def test_linear_rows_pass_every_waypoint_and_move_one_interpolation_step_per_ms():
     waypoints = np.arange(1, 6, dtype=float)[:, None] * np.ones(7)  # step j at value j + 1
-    rows, velocities = joint_rows(np.zeros(7), waypoints, -1.0, np.zeros(7), PERIOD_MS)
+    rows, velocities = joint_rows(np.zeros(7), waypoints, -1.0, np.zeros(7), PERIOD_MS, mode="linear")
     assert rows[0] == pytest.approx(np.zeros(7)) and rows[-1] == pytest.approx(waypoints[-1])
     steps = np.abs(np.diff(rows[:, 0]))
     assert steps.max() == pytest.approx(1.0 / PERIOD_MS)  # one waypoint difference spread over a step
     x = row_positions(5, -1.0, PERIOD_MS)
     assert rows[:, 0] == pytest.approx(x + 1.0)  # linear through every waypoint
-    assert velocities[-1] == pytest.approx(np.zeros(7))
-    assert velocities[0, 0] == pytest.approx(1000.0 / PERIOD_MS)
+    assert not velocities.any()  # a piecewise-constant velocity is not fed forward
 
 
-def test_a_switch_starts_at_the_commanded_target_and_fades_the_difference_over_one_step():
+def test_a_linear_switch_starts_at_the_commanded_target_and_fades_the_difference_over_one_step():
     waypoints = np.full((4, 7), 1.0)
     current = np.full(7, 0.6)  # the loop commands 0.6 where the new chunk's own path is at 1.0
-    rows, _ = joint_rows(np.full(7, 1.0), waypoints, -0.5, current, PERIOD_MS)
+    rows, _ = joint_rows(np.full(7, 1.0), waypoints, -0.5, current, PERIOD_MS, mode="linear")
     assert rows[0] == pytest.approx(current)  # no jump at the switch
     one_step = int(round(PERIOD_MS))
     assert rows[one_step + 1] == pytest.approx(np.full(7, 1.0))  # the chunk's own path after one step
     assert np.abs(np.diff(rows[:, 0])).max() == pytest.approx(0.4 / PERIOD_MS, rel=1e-6)
+
+
+def test_cubic_rows_pass_every_waypoint_with_a_continuous_velocity():
+    period_ms = 25.0  # 40 Hz: waypoint j falls on row 25 (j + 1)
+    rng = np.random.default_rng(1)
+    waypoints = np.cumsum(rng.normal(0.0, 0.01, size=(8, 7)), axis=0)  # a jittery policy
+    previous, current, velocity = np.zeros(7), np.full(7, 0.003), np.full(7, -0.2)
+    rows, velocities = joint_rows(previous, waypoints, -1.0, current, period_ms, current_velocity=velocity)
+    assert rows[0] == pytest.approx(current) and velocities[0] == pytest.approx(velocity)  # C1 at the switch
+    for j in range(1, 8):  # after the one-step join, exactly through every waypoint
+        assert rows[25 * (j + 1)] == pytest.approx(waypoints[j])
+    assert rows[-1] == pytest.approx(waypoints[-1]) and not velocities[-1].any()
+    # The fed-forward velocity is the rows' own, and it has no steps.
+    assert velocities[:-2] == pytest.approx(np.gradient(rows, axis=0)[:-2] * 1000.0, abs=0.05)
+    # A straight-segment path's velocity steps at every waypoint by the change of slope; the cubic's
+    # velocity changes by a small fraction of that from one millisecond to the next.
+    kick = np.abs(np.diff(np.diff(waypoints, axis=0), axis=0)).max() * 1000.0 / period_ms
+    dv = np.abs(np.diff(velocities[:-1], axis=0))
+    assert dv.max() < 0.5 * kick and dv[25:].max() < 0.1 * kick
+    linear, _ = joint_rows(previous, waypoints, -1.0, current, period_ms, mode="linear")
+    kink = np.abs(np.diff(linear[:-1], 2, axis=0)).max()
+    assert np.abs(np.diff(rows[:-1], 2, axis=0)).max() < kink  # smoother than straight segments
+    with pytest.raises(ValueError, match="mode"):
+        joint_rows(previous, waypoints, -1.0, current, period_ms, mode="spline")
+
+
+def test_held_rows_step_at_each_waypoint():
+    waypoints = np.arange(1, 4, dtype=float)[:, None] * np.ones(7)
+    rows, velocities = joint_rows(np.zeros(7), waypoints, -1.0, np.zeros(7), 10.0, mode="hold")
+    assert list(rows[:, 0]) == [0.0] * 10 + [1.0] * 10 + [2.0] * 10 + [3.0]
+    assert not velocities.any()
 
 
 def test_pose_rows_are_proper_continuous_and_reach_the_waypoints():

@@ -43,7 +43,7 @@ class ChunkExecutor(Protocol):
     arm got, and the executor itself once per control step with that step's action.
     """
 
-    def bind(self, control_hz: float, interpolation: str = "linear") -> None: ...
+    def bind(self, control_hz: float, interpolation_mode: str = "cubic") -> None: ...
 
     def resolve_chunk(self, chunk: list[Action], frame: Frame) -> list[Action]: ...
 
@@ -207,6 +207,12 @@ class ControllerExecutor:
     ``Controller.play``. The ``gripper`` target goes to ``gripper`` (a
     :class:`GripperExecutor` is made for it). Other targets raise ``ValueError``.
 
+    ``feed_forward``: also hand the joint path's velocity to the loop as
+    ``dq_desired`` (off by default: on the simulator a policy whose chunks jitter
+    by ±0.01 rad from step to step drove the arm unstable within seconds with
+    the velocity fed forward, through the torque rate limit, and never without
+    it; a smooth policy tracks tighter with it).
+
     Called once per control step with the step's action, it returns the action
     really commanded: the arm's target of that instant, and the gripper command.
 
@@ -222,8 +228,9 @@ class ControllerExecutor:
     LEAD_MS = 8
 
     def __init__(self, controller, *, arm: str = "arm", gripper=None, gripper_target: str = "gripper",
-                 lead_ms: int = LEAD_MS, **gripper_options: Any) -> None:
+                 lead_ms: int = LEAD_MS, feed_forward: bool = False, **gripper_options: Any) -> None:
         self.controller = controller
+        self.feed_forward = bool(feed_forward)
         self.arm = arm
         self.gripper = (None if gripper is None else
                         GripperExecutor(gripper, target=gripper_target, **gripper_options))
@@ -231,7 +238,7 @@ class ControllerExecutor:
         if self.lead_ms < 1:
             raise ValueError(f"lead_ms must be >= 1, got {lead_ms!r}")
         self.period_ms = 0.0
-        self.hold = False
+        self.mode = "cubic"
         self._segments: list[_Segment] = []
         self._joint = True
         #: Every play handed to the Controller: (rows, first_step); kept for analysis when ``record`` is set.
@@ -240,9 +247,9 @@ class ControllerExecutor:
 
     # -- what the runtime calls -----------------------------------------------------------
 
-    def bind(self, control_hz: float, interpolation: str = "linear") -> None:
+    def bind(self, control_hz: float, interpolation_mode: str = "cubic") -> None:
         self.period_ms = 1000.0 / float(control_hz)
-        self.hold = interpolation == "hold"
+        self.mode = interpolation_mode
         # numpy's first pass through these paths costs milliseconds: pay it now, not in a play.
         eye = np.eye(4)
         interpolation.joint_rows(np.zeros(7), np.zeros((2, 7)), -0.5, np.zeros(7), self.period_ms)
@@ -351,17 +358,21 @@ class ControllerExecutor:
         for _ in range(3):
             start_ms = controller.time_ms + self.lead_ms
             current = controller.target_at(start_ms, joint=joint)
+            velocity = None
+            if joint:  # the commanded path's velocity there (per second), from its neighbours
+                velocity = (controller.target_at(start_ms + 1) - controller.target_at(start_ms - 1)) * 500.0
             x_start = self._x_start(start_ms, first_step)
             previous = integration.previous.get(self.arm) if integration.previous is not None else None
             previous = current if previous is None or previous.kind != commands[0].kind else previous.value
             if joint:
                 positions, velocities = interpolation.joint_rows(previous, waypoints, x_start, current,
-                                                                 self.period_ms, hold=self.hold)
+                                                                 self.period_ms, mode=self.mode,
+                                                                 current_velocity=velocity)
                 await asyncio.sleep(0)
-                rows = TargetRows(start_ms, positions=positions, velocities=velocities)
+                rows = TargetRows(start_ms, positions=positions, velocities=velocities if self.feed_forward else None)
             else:
                 poses = interpolation.pose_rows(previous, waypoints, x_start, current, self.period_ms,
-                                                hold=self.hold)
+                                                hold=self.mode == "hold")
                 await asyncio.sleep(0)
                 rows = TargetRows(start_ms, poses=poses)
             await asyncio.sleep(0)

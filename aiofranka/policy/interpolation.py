@@ -4,12 +4,13 @@ Positions along a chunk are measured in control steps: ``x = j`` is waypoint
 ``j`` (the action for the chunk's step ``j``), ``x = -1`` the waypoint before
 it (``previous``). Rows start at ``x_start`` (where the arm's step clock is
 when the rows take over) and advance ``1 / period_ms`` step per millisecond up
-to the last waypoint. Between waypoints joints move linearly and poses along
-the geodesic (positions linear, rotations slerped through the log map). At the
-first row the target is ``current`` (what the loop commands at that instant),
-and the difference between ``current`` and the chunk's own path there fades out
-linearly over one control step, so a switch never steps the target: it bends
-it. Pure functions of arrays; see docs/policies.md#execution-at-1-khz.
+to the last waypoint. Joints follow a C1 cubic through the waypoints (or a
+straight line), poses the geodesic (positions linear, rotations slerped
+through the log map). At the first row the target is ``current`` (what the
+loop commands at that instant), and the difference between ``current`` and
+the chunk's own path fades out over one control step, so a switch never steps
+the target: it bends it. Pure functions of arrays; see
+docs/policies.md#execution-at-1-khz.
 """
 
 from __future__ import annotations
@@ -50,31 +51,80 @@ def _held(x: np.ndarray, count: int) -> np.ndarray:
     return np.clip(np.floor(x + 1e-9).astype(int) + 1, 0, count)
 
 
-def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *,
-               hold: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Joint rows (n, d) and their velocities (n, d) per second, for ``waypoints`` (m, d) after ``previous`` (d,).
+def _hermite(s: np.ndarray) -> tuple:
+    s2, s3 = s * s, s * s * s
+    return 2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s, -2 * s3 + 3 * s2, s3 - s2
 
-    The last velocity row is zero (the target is held there). ``hold``: no
-    interpolation, each waypoint is held for its step and the switch is not
-    faded (the target steps, as when a policy sets targets at its own rate).
+
+def _hermite_slopes(s: np.ndarray) -> tuple:
+    s2 = s * s
+    return 6 * s2 - 6 * s, 3 * s2 - 4 * s + 1, -6 * s2 + 6 * s, 3 * s2 - 2 * s
+
+
+def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *, mode: str = "cubic",
+               current_velocity=None) -> tuple[np.ndarray, np.ndarray]:
+    """Joint rows (n, d) and their velocities (n, d) in units per second, for ``waypoints`` (m, d) after ``previous``.
+
+    ``mode``:
+
+    * ``"cubic"``: a C1 path through every waypoint (cubic Hermite, tangents
+      from the neighbouring waypoints, zero at the last one); at the start it
+      leaves ``current`` with ``current_velocity`` (per second) and joins the
+      chunk's path within one step, position and velocity continuous. The
+      velocities are the path's own: continuous, safe to feed forward.
+    * ``"linear"``: straight between waypoints, the difference to ``current``
+      faded linearly over one step; continuous positions, velocities zero (a
+      piecewise-constant velocity fed forward kicks the arm at every waypoint).
+    * ``"hold"``: each waypoint held for its step, no fade (the target steps,
+      as when a policy sets targets at its own rate); velocities zero.
+
+    The last row is the last waypoint, with zero velocity (it is held there).
     """
     waypoints = np.asarray(waypoints, dtype=float)
     points = np.vstack([np.asarray(previous, dtype=float)[None], waypoints])
-    x = row_positions(len(waypoints), x_start, period_ms)
-    if hold:
-        rows = points[_held(x, len(waypoints))]
+    count = len(waypoints)
+    x = row_positions(count, x_start, period_ms)
+    current = np.asarray(current, dtype=float)
+    if mode == "hold":
+        rows = points[_held(x, count)]
         return rows, np.zeros_like(rows)
-    i0, frac = _segments(x, len(waypoints))
-    path = points[i0] + frac[:, None] * (points[i0 + 1] - points[i0])
-    start_on_path = path[0]
-    rows = path + _fade(x, x_start)[:, None] * (np.asarray(current, dtype=float) - start_on_path)
-    velocities = np.zeros_like(rows)
-    velocities[:-1] = np.diff(rows, axis=0) * 1000.0
+    i0, frac = _segments(x, count)
+    if mode == "linear":
+        path = points[i0] + frac[:, None] * (points[i0 + 1] - points[i0])
+        rows = path + _fade(x, x_start)[:, None] * (current - path[0])
+        return rows, np.zeros_like(rows)
+    if mode != "cubic":
+        raise ValueError(f"mode must be 'cubic', 'linear' or 'hold', got {mode!r}")
+    # Tangents per step: central differences, one-sided at the first point, zero at the last.
+    tangents = np.zeros_like(points)
+    if count >= 2:
+        tangents[1:-1] = (points[2:] - points[:-2]) / 2.0
+    tangents[0] = points[1] - points[0]
+    h00, h10, h01, h11 = _hermite(frac)
+    d00, d10, d01, d11 = _hermite_slopes(frac)
+    a, b, ta, tb = points[i0], points[i0 + 1], tangents[i0], tangents[i0 + 1]
+    path = h00[:, None] * a + h10[:, None] * ta + h01[:, None] * b + h11[:, None] * tb
+    slope = d00[:, None] * a + d10[:, None] * ta + d01[:, None] * b + d11[:, None] * tb  # per step
+    # Join from the commanded target and velocity within one step: a Hermite
+    # blend of the offsets, so position and velocity are continuous at both ends.
+    per_step = period_ms / 1000.0  # seconds per step
+    v0 = np.zeros_like(current) if current_velocity is None else np.asarray(current_velocity, dtype=float) * per_step
+    u = np.clip(x - x_start, 0.0, 1.0)
+    inside = (x - x_start) < 1.0
+    g00, g10, _, _ = _hermite(u)
+    e00, e10, _, _ = _hermite_slopes(u)
+    g00, g10, e00, e10 = (np.where(inside, g, 0.0) for g in (g00, g10, e00, e10))
+    offset, offset_slope = current - path[0], v0 - slope[0]
+    rows = path + g00[:, None] * offset + g10[:, None] * offset_slope
+    velocities = (slope + e00[:, None] * offset + e10[:, None] * offset_slope) / per_step
+    velocities[-1] = 0.0
     return rows, velocities
 
 
 def pose_rows(previous, waypoints, x_start: float, current, period_ms: float, *, hold: bool = False) -> np.ndarray:
-    """Pose rows (n, 4, 4) for pose ``waypoints`` (m, 4, 4) after ``previous`` (4, 4); ``hold`` as for joints."""
+    """Pose rows (n, 4, 4) for pose ``waypoints`` (m, 4, 4) after ``previous`` (4, 4): along the geodesic between
+    waypoints, the difference to ``current`` faded over one step (``hold`` as for joints). The osc law takes no
+    desired velocity, so no velocity is made."""
     waypoints = np.asarray(waypoints, dtype=float)
     points = np.concatenate([np.asarray(previous, dtype=float)[None], waypoints])
     x = row_positions(len(waypoints), x_start, period_ms)

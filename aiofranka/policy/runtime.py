@@ -34,7 +34,7 @@ __all__ = ["InferenceMode", "InferenceRuntime", "StepResult", "run_step", "run_s
 
 #: A bootstrap request carrying RTC hints slower than this (s) warns or aborts (``slow_rtc_bootstrap``).
 SLOW_RTC_BOOTSTRAP_S = 0.5
-_INTERPOLATIONS = ("linear", "hold")
+_INTERPOLATIONS = ("cubic", "linear", "hold")
 
 
 class InferenceMode(str, enum.Enum):
@@ -106,9 +106,10 @@ class InferenceRuntime:
     * ``latency_ema_beta``: weight of each new latency measurement (control steps);
     * ``ensemble_weight``: ``None``, the new chunk's weight in the overlap, or
       ``(low, high)`` ramped over it (never for gripper kinds or other layouts);
-    * ``interpolation``: ``"linear"`` (1 kHz rows between raw steps, poses on
-      SE(3); the built-in Controller executor) or ``"hold"`` (each raw action
-      held for its step);
+    * ``interpolation`` (the built-in Controller executor's 1 kHz rows):
+      ``"cubic"`` (a C1 joint path through the raw steps, its velocity fed
+      forward), ``"linear"`` (straight between raw steps) or ``"hold"`` (each
+      raw action held for its step); poses always follow the geodesic;
     * ``enable_rtc``, ``latency_steps_offset``: RTC hints on each request, and
       a shift of the announced latency;
     * ``max_action_age_s``: a reply whose frame is older than this when it
@@ -129,7 +130,7 @@ class InferenceRuntime:
 
     def __init__(self, *, mode: InferenceMode | str, control_hz: float, execution_steps: int | None = None,
                  steps_before_request: int = 0, warmup_requests: int = 1, profile_delay_requests: int = 3,
-                 latency_ema_beta: float = 0.5, ensemble_weight=None, interpolation: str = "linear",
+                 latency_ema_beta: float = 0.5, ensemble_weight=None, interpolation: str = "cubic",
                  enable_rtc: bool = False, latency_steps_offset: int = 0, max_action_age_s: float | None = None,
                  slow_rtc_bootstrap: str = "warn", clock: Callable[[], float] | None = None) -> None:
         self.mode = _mode(mode)
