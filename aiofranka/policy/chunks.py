@@ -219,7 +219,7 @@ class ChunkScheduler:
         return max(0, base + self.latency_steps_offset)
 
     def make_request(self, frame: object = None, *, rtc: bool | None = None,
-                     seed: Sequence[Action] | None = None) -> ChunkRequest:
+                     seed: Sequence[Action] | None = None, due_s: float | None = None) -> ChunkRequest:
         """Launch a request (it becomes the one in flight) and return what the policy is told.
 
         ``rtc``: attach the RTC hints (default: ``enable_rtc``); they are built
@@ -240,7 +240,7 @@ class ChunkScheduler:
                 hints = dict(prev_action_chunk=self._prev_action_chunk(source),
                              inference_delay=min(max(latency, 1), horizon), execute_horizon=horizon)
         request = ChunkRequest(request_step=self.executed, request_time_s=float(self.clock()),
-                               remaining_steps=len(remaining), latency_steps=latency, **hints)
+                               remaining_steps=len(remaining), latency_steps=latency, due_s=due_s, **hints)
         launch = list(remaining) if self.ensemble_weight is not None else []
         self._in_flight = _InFlight(request, launch, request.request_time_s, frame)
         self.requests += 1

@@ -251,7 +251,12 @@ class ChunkRequest:
       most ``execute_horizon`` of them, padded to the locked chunk length by
       repeating the last one), ``inference_delay`` (``latency_steps`` clamped to
       ``[1, execute_horizon]``) and ``execute_horizon`` (``execution_steps``);
-      otherwise all three are ``None``.
+      otherwise all three are ``None``;
+    * ``due_s``: when the chunk's first action is due on the runtime's clock
+      (the robot clock with the Controller executor, in seconds), if the buffer
+      lasts until then; ``None`` when it cannot be known (before the first
+      chunk, while starved, with a step-by-step executor). A policy that knows
+      time can place its chunk exactly: action ``j`` is due at ``due_s + j / control_hz``.
     """
 
     request_step: int
@@ -261,6 +266,7 @@ class ChunkRequest:
     prev_action_chunk: tuple[Action, ...] | None = None
     inference_delay: int | None = None
     execute_horizon: int | None = None
+    due_s: float | None = None
 
     @property
     def rtc(self) -> bool:

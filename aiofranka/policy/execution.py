@@ -284,6 +284,20 @@ class ControllerExecutor:
             segment = self._segments[-2]
         return segment.executed(now)
 
+    def time_of_step(self, step: int) -> float | None:
+        """When (robot clock, s) the waypoint of ``step`` is reached, if the buffer holds it; else ``None``.
+
+        In SYNC mode (and for the first chunk) the answer is ``None``: the
+        rows of the chunk being requested do not exist yet.
+        """
+        if not self._segments:
+            return None
+        segment = self._segments[-1]
+        x = step - segment.first_step
+        if x > segment.count - 1:
+            return None
+        return (segment.start_ms + (x - segment.x_start) * self.period_ms) / 1000.0
+
     def resolve_chunk(self, chunk: Sequence[Action], frame: Frame) -> list[Action]:
         """Deltas made absolute against ``frame`` (before any blending); other targets checked."""
         resolved = []

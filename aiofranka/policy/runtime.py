@@ -326,8 +326,14 @@ class InferenceRuntime:
             raise
         return await self._integrate(reply, executor) is not None
 
+    def _due(self) -> float | None:
+        executor = self._executor
+        if executor is None or not hasattr(executor, "time_of_step"):
+            return None
+        return executor.time_of_step(self._scheduler.executed)
+
     def _launch(self, act_src_fn, frame: Frame) -> None:
-        request = self._scheduler.make_request(frame)
+        request = self._scheduler.make_request(frame, due_s=self._due())
         self._pending = asyncio.ensure_future(self._call_policy(act_src_fn, frame, request))
 
     async def _bootstrap(self, observe_fn, frame: Frame, act_src_fn, executor) -> None:
@@ -428,7 +434,7 @@ class InferenceRuntime:
         else:
             self._sync_executed(executor)
             while s.remaining_count == 0:
-                request = s.make_request(frame)
+                request = s.make_request(frame, due_s=self._due())
                 try:
                     reply = await self._call_policy(act_src_fn, frame, request)
                 except BaseException:
