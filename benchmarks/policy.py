@@ -130,11 +130,10 @@ async def run_runtime(controller, policy, duration_s: float, **options) -> dict:
     errors = []
     start = controller.time_ms
     while controller.time_ms - start < duration_s * 1000:
-        result = await run_step(observe_fn=observer, act_fn=executor, act_src_fn=policy, runtime=runtime)
+        await run_step(observe_fn=observer, act_fn=executor, act_src_fn=policy, runtime=runtime)
         state = controller.state
         if runtime.stats.integrated:
             errors.append(np.abs(state.q - policy.reference(state.time_ms / 1000.0)).max())
-        del result
     end = controller.time_ms
     controller.stop_playing()
     plays = executor.plays

@@ -198,6 +198,14 @@ class Frame:
     (0, 1, 2... per runtime) are filled in by the runtime when left ``None``.
     Values in ``images`` and ``state`` become numpy arrays. The built-in
     observer puts the robot's millisecond clock in ``meta["robot_time_ms"]``.
+
+    Example::
+
+        import numpy as np
+        from aiofranka.policy import Frame
+
+        frame = Frame(images={"wrist": np.zeros((224, 224, 3), np.uint8)}, state={"q": np.zeros(7)},
+                      task={"instruction": "pick the cube"})
     """
 
     images: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -106,6 +106,12 @@ class GripperExecutor:
     ``force``, otherwise opens to ``open_width``). A command is never interpolated.
     While a gripper motion runs, a newer command waits and replaces older waiting
     ones; the Hand's motions block, so they run as tasks and never stall the step.
+
+    Example::
+
+        hand = GripperExecutor(gripper, speed=0.1, force=30.0)
+        hand(Action({"gripper": ("gripper_open_close", 1.0)}))   # grasps (once, however often it is repeated)
+        await hand.wait_idle()
     """
 
     def __init__(self, gripper, *, target: str = "gripper", speed: float = 0.1, force: float = 20.0,
