@@ -35,6 +35,7 @@ import numpy as np
 from aiofranka import AiofrankaError, Controller, Robot
 from aiofranka.policy import (Action, ChunkRequest, Command, ControllerExecutor, ControllerObserver, InferenceMode,
                               InferenceRuntime, run_step)
+from aiofranka.policy.execution import commanded_path
 
 HZ = 30.0
 PERIOD = 1.0 / HZ
@@ -72,15 +73,6 @@ class ReferencePolicy:
                 w = 0.0 if j < delay else (j - delay + 1) / (horizon - delay + 1)
                 targets[j] = (1.0 - w) * previous[j] + w * targets[j]
         return [Action({"arm": Command("joint_position", t)}) for t in targets]
-
-
-def target_series(plays, start_ms: int, end_ms: int) -> np.ndarray:
-    out, index = [], 0
-    for t in range(start_ms, end_ms + 1):
-        while index + 1 < len(plays) and plays[index + 1][0].start_ms <= t:
-            index += 1
-        out.append(plays[index][0].row_at(t))
-    return np.array(out)
 
 
 def switch_figures(targets: np.ndarray, start_ms: int, switches) -> tuple[float, float]:
@@ -137,8 +129,8 @@ async def run_runtime(controller, policy, duration_s: float, **options) -> dict:
     end = controller.time_ms
     controller.stop_playing()
     plays = executor.plays
-    targets = target_series(plays, plays[0][0].start_ms, end)
-    jump, jerk = switch_figures(targets, plays[0][0].start_ms, [rows.start_ms for rows, _ in plays[1:]])
+    targets = commanded_path(plays, plays[0].start_ms, end)
+    jump, jerk = switch_figures(targets, plays[0].start_ms, [play.start_ms for play in plays[1:]])
     stats = runtime.stats
     runtime.close()
     return dict(errors=errors, jump=jump, jerk=jerk, starved=stats.starved_ticks, held=stats.held_cycles,

@@ -119,3 +119,14 @@ def test_the_step_clock_along_the_rows():
     assert executor.time_of_step(40) == pytest.approx(1.0125)
     assert executor.time_of_step(43) == pytest.approx(1.0875)
     assert executor.time_of_step(44) is None  # beyond the buffer: unknown
+
+
+def test_the_commanded_path_is_rebuilt_from_the_plays():
+    from aiofranka.policy.execution import Played, commanded_path
+
+    first = Played(100, 0, np.arange(10, dtype=float)[:, None] * np.ones(7))  # 100..109
+    second = Played(105, 2, 50.0 + np.arange(3, dtype=float)[:, None] * np.ones(7))  # 105..107, then held
+    path = commanded_path([first, second], 100, 110)
+    assert list(path[:, 0]) == [0, 1, 2, 3, 4, 50, 51, 52, 52, 52, 52]
+    with pytest.raises(ValueError, match="before the first play"):
+        commanded_path([first], 99, 100)

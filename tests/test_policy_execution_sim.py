@@ -8,25 +8,11 @@ import pytest
 from aiofranka.loop.trajectory import TargetRows
 from aiofranka.policy import Action, Command
 from aiofranka.policy.chunks import ChunkScheduler
-from aiofranka.policy.execution import ControllerExecutor
+from aiofranka.policy.execution import ControllerExecutor, commanded_path
 
 pytestmark = [pytest.mark.sim]
 
 HZ = 30.0
-
-
-def reconstruct(plays, start_ms: int, end_ms: int) -> np.ndarray:
-    """The target the loop commanded at every robot millisecond, from the rows it was handed.
-
-    The cycle switches to a play at its start_ms and indexes rows by robot time.
-    """
-    out = []
-    index = 0
-    for t in range(start_ms, end_ms + 1):
-        while index + 1 < len(plays) and plays[index + 1][0].start_ms <= t:
-            index += 1
-        out.append(plays[index][0].row_at(t))
-    return np.array(out)
 
 
 async def test_played_rows_are_followed_then_held_and_counted(controller):
@@ -116,8 +102,8 @@ async def test_chunks_switch_at_1khz_without_a_jump_and_on_the_current_step(cont
     executed = scheduler.advance_to(executor.executed_steps())
     controller.stop_playing()
     plays = executor.plays
-    first = plays[0][0].start_ms
-    targets = reconstruct(plays, first, end)
+    first = plays[0].start_ms
+    targets = commanded_path(plays, first, end)
     # The step clock: the first chunk's waypoint 0 is reached one control period after its start.
     steps = (np.arange(first, end + 1) - first) / (1000.0 / HZ) - 1.0
     raw = reference(q0, np.arange(int(steps[-1]) + 2))

@@ -19,6 +19,7 @@ import pytest
 from _policies import ActLikePolicy
 from aiofranka import CudaInferenceThread, ampify, asyncify
 from aiofranka.policy import ControllerExecutor, ControllerObserver, InferenceMode, InferenceRuntime, run_step
+from aiofranka.policy.execution import commanded_path
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -30,15 +31,6 @@ POLICY_SIM_S = float(os.environ.get("AIOFRANKA_POLICY_SIM_S", "10"))
 #: 0.4 mrad per ms, a chunk switch's faded disagreement adds at most 0.02 rad over a 33 ms step;
 #: holding raw steps instead of interpolating would move 13 mrad in one millisecond.
 JUMP_RAD_PER_MS = 2e-3
-
-
-def reconstruct(plays, start_ms: int, end_ms: int) -> np.ndarray:
-    out, index = [], 0
-    for t in range(start_ms, end_ms + 1):
-        while index + 1 < len(plays) and plays[index + 1][0].start_ms <= t:
-            index += 1
-        out.append(plays[index][0].row_at(t))
-    return np.array(out)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,7 +82,7 @@ async def test_a_torch_policy_runs_through_each_helper(controller, helper):
     if stats.latency.max_us / 1e6 < chunk_s - 1.0 / HZ:
         assert stats.starved_ticks == 0 and stats.held_cycles == 0 and playback.held_cycles == 0, stats
     plays = executor.plays
-    targets = reconstruct(plays, plays[0][0].start_ms, end_ms)
+    targets = commanded_path(plays, plays[0].start_ms, end_ms)
     jump = np.abs(np.diff(targets, axis=0)).max()
     assert jump < JUMP_RAD_PER_MS, f"the target moved {jump * 1000:.2f} mrad in one ms"
     # The arm followed: the measured joints stayed near the commanded path.

@@ -26,7 +26,7 @@ from .contract import (
     GRIPPER_POSITION_DELTA, GRIPPER_VELOCITY, JOINT_POSITION, JOINT_POSITION_DELTA, Action, Command, Frame,
 )
 
-__all__ = ["ChunkExecutor", "ControllerExecutor", "ControllerObserver", "GripperExecutor"]
+__all__ = ["ChunkExecutor", "ControllerExecutor", "ControllerObserver", "GripperExecutor", "Played", "commanded_path"]
 
 _JOINT_KINDS = (JOINT_POSITION, JOINT_POSITION_DELTA)
 _POSE_KINDS = (CARTESIAN_POSE, CARTESIAN_POSE_DELTA)
@@ -182,6 +182,33 @@ class GripperExecutor:
 
 
 @dataclasses.dataclass(frozen=True)
+class Played:
+    """One play handed to the Controller: its rows' ``targets`` ((n, 7) joints or (n, 4, 4) poses) from
+    ``start_ms``, for the chunk whose first kept action is for ``first_step``."""
+
+    start_ms: int
+    first_step: int
+    targets: np.ndarray
+
+
+def commanded_path(plays: Sequence[Played], start_ms: int, end_ms: int) -> np.ndarray:
+    """The target the loop commanded at every robot millisecond from ``start_ms`` to ``end_ms``, rebuilt from
+    the plays (each from its ``start_ms`` until the next one's, its last row held): for analysis."""
+    times = np.arange(start_ms, end_ms + 1)
+    starts = np.array([p.start_ms for p in plays])
+    which = np.searchsorted(starts, times, side="right") - 1
+    if np.any(which < 0):
+        raise ValueError(f"start_ms {start_ms} is before the first play ({starts[0]})")
+    out = np.empty((len(times),) + plays[0].targets.shape[1:])
+    for index in np.unique(which):
+        mask = which == index
+        play = plays[index]
+        rows = np.minimum(times[mask] - play.start_ms, len(play.targets) - 1)
+        out[mask] = play.targets[rows]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class _Segment:
     """Where the arm's step clock is along one play: ``x = x_start`` at ``start_ms``, waypoint ``j`` is step ``first_step + j``."""
 
@@ -247,9 +274,9 @@ class ControllerExecutor:
         self.mode = "cubic"
         self._segments: list[_Segment] = []
         self._joint = True
-        #: Every play handed to the Controller: (rows, first_step); kept for analysis when ``record`` is set.
+        #: Every play handed to the Controller (:class:`Played`), kept for analysis when ``record`` is set.
         self.record = False
-        self.plays: list[tuple[TargetRows, int]] = []
+        self.plays: list[Played] = []
 
     # -- what the runtime calls -----------------------------------------------------------
 
@@ -404,7 +431,7 @@ class ControllerExecutor:
         segment = _Segment(start_ms, x_start, first_step, len(waypoints), self.period_ms)
         self._segments[:] = self._segments[-1:] + [segment]
         if self.record:
-            self.plays.append((rows, first_step))
+            self.plays.append(Played(start_ms, first_step, rows.positions if joint else rows.poses))
 
     def _segments_unchanged(self, segments: list) -> bool:
         if self._segments != segments:
