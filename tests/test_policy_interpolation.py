@@ -100,3 +100,26 @@ def test_log_and_exp_are_inverse_up_to_pi():
         assert _se3.log_so3(_se3.exp_so3(v)) == pytest.approx(v, abs=1e-9)
     near_pi = np.array([0.0, np.pi - 1e-6, 0.0])
     assert _se3.log_so3(_se3.exp_so3(near_pi)) == pytest.approx(near_pi, abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["cubic", "linear"])
+def test_a_large_difference_joins_at_the_join_speed_not_in_one_step(mode):
+    waypoints = np.full((30, 7), 0.2)  # the policy moved on by 0.2 rad while the arm held
+    rows, _ = joint_rows(np.full(7, 0.2), waypoints, -1.0, np.zeros(7), PERIOD_MS, mode=mode, join_speed=0.5)
+    assert rows[0] == pytest.approx(np.zeros(7)) and rows[-1] == pytest.approx(waypoints[-1])
+    fastest = np.abs(np.diff(rows[:, 0])).max() * 1000.0  # rad/s
+    assert fastest <= 0.5 * (1.5 if mode == "cubic" else 1.0) + 1e-9  # a Hermite blend peaks at 1.5x its mean
+    one_step, _ = joint_rows(np.full(7, 0.2), waypoints, -1.0, np.zeros(7), PERIOD_MS, mode=mode)
+    assert np.abs(np.diff(one_step[:, 0])).max() * 1000.0 > 5.0  # without it: 0.2 rad within 33 ms
+
+
+def test_a_large_pose_difference_joins_at_the_join_speed():
+    far = np.eye(4)
+    far[:3, :3] = _se3.exp_so3(np.array([0.0, 0.0, 0.3]))
+    far[:3, 3] = [0.05, 0.0, 0.0]
+    waypoints = np.repeat(np.eye(4)[None], 40, axis=0)
+    rows = pose_rows(np.eye(4), waypoints, -1.0, far, PERIOD_MS, join_speed=(0.1, 0.5))
+    assert rows[0] == pytest.approx(far) and rows[-1] == pytest.approx(np.eye(4))
+    assert np.abs(np.diff(rows[:, 0, 3])).max() * 1000.0 <= 0.1 + 1e-9  # m/s
+    angles = np.array([_se3.log_so3(r)[2] for r in rows[:, :3, :3]])
+    assert np.abs(np.diff(angles)).max() * 1000.0 <= 0.5 + 1e-9  # rad/s

@@ -240,6 +240,11 @@ class ControllerExecutor:
     ``Controller.play``. The ``gripper`` target goes to ``gripper`` (a
     :class:`GripperExecutor` is made for it). Other targets raise ``ValueError``.
 
+    ``join_speed`` (rad/s; ``join_speed_cartesian``: m/s and rad/s): a
+    switch joins the new chunk within one step, or more when the difference is
+    so large that one step would move the target faster than this (after a
+    starvation, when the policy has moved on while the arm held).
+
     ``feed_forward``: also hand the joint path's velocity to the loop as
     ``dq_desired`` (off by default: on the simulator a policy whose chunks jitter
     by ±0.01 rad from step to step drove the arm unstable within seconds with
@@ -261,9 +266,12 @@ class ControllerExecutor:
     LEAD_MS = 8
 
     def __init__(self, controller, *, arm: str = "arm", gripper=None, gripper_target: str = "gripper",
-                 lead_ms: int = LEAD_MS, feed_forward: bool = False, **gripper_options: Any) -> None:
+                 lead_ms: int = LEAD_MS, feed_forward: bool = False, join_speed: float = 0.5,
+                 join_speed_cartesian: tuple[float, float] = (0.1, 0.5), **gripper_options: Any) -> None:
         self.controller = controller
         self.feed_forward = bool(feed_forward)
+        self.join_speed = float(join_speed)
+        self.join_speed_cartesian = (float(join_speed_cartesian[0]), float(join_speed_cartesian[1]))
         self.arm = arm
         self.gripper = (None if gripper is None else
                         GripperExecutor(gripper, target=gripper_target, **gripper_options))
@@ -414,12 +422,13 @@ class ControllerExecutor:
             if joint:
                 positions, velocities = interpolation.joint_rows(previous, waypoints, x_start, current,
                                                                  self.period_ms, mode=self.mode,
-                                                                 current_velocity=velocity)
+                                                                 current_velocity=velocity,
+                                                                 join_speed=self.join_speed)
                 await asyncio.sleep(0)
                 rows = TargetRows(start_ms, positions=positions, velocities=velocities if self.feed_forward else None)
             else:
                 poses = interpolation.pose_rows(previous, waypoints, x_start, current, self.period_ms,
-                                                hold=self.mode == "hold")
+                                                hold=self.mode == "hold", join_speed=self.join_speed_cartesian)
                 await asyncio.sleep(0)
                 rows = TargetRows(start_ms, poses=poses)
             await asyncio.sleep(0)

@@ -42,8 +42,16 @@ def _segments(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     return i0, np.clip(u - i0, 0.0, 1.0)
 
 
-def _fade(x: np.ndarray, x_start: float) -> np.ndarray:
-    return np.clip(1.0 - (x - x_start), 0.0, 1.0)
+def _fade(x: np.ndarray, x_start: float, steps: float = 1.0) -> np.ndarray:
+    return np.clip(1.0 - (x - x_start) / steps, 0.0, 1.0)
+
+
+def join_steps(offset: float, speed: float | None, period_ms: float) -> float:
+    """Steps over which a switch joins the new path: one, or more so that closing ``offset`` takes no more
+    than ``speed`` (per second)."""
+    if speed is None or speed <= 0:
+        return 1.0
+    return max(1.0, float(offset) / (speed * period_ms / 1000.0))
 
 
 def _held(x: np.ndarray, count: int) -> np.ndarray:
@@ -62,7 +70,7 @@ def _hermite_slopes(s: np.ndarray) -> tuple:
 
 
 def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *, mode: str = "cubic",
-               current_velocity=None) -> tuple[np.ndarray, np.ndarray]:
+               current_velocity=None, join_speed: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Joint rows (n, d) and their velocities (n, d) in units per second, for ``waypoints`` (m, d) after ``previous``.
 
     ``mode``:
@@ -78,7 +86,11 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     * ``"hold"``: each waypoint held for its step, no fade (the target steps,
       as when a policy sets targets at its own rate); velocities zero.
 
-    The last row is the last waypoint, with zero velocity (it is held there).
+    ``join_speed`` (rad/s): a switch whose difference to the chunk's path is
+    large (after a starvation, the policy has moved on) joins over as many
+    steps as closing it at that speed takes, instead of one.
+
+    The last row is the last waypoint (unless a long join is still closing), with zero velocity (it is held there).
     """
     waypoints = np.asarray(waypoints, dtype=float)
     points = np.vstack([np.asarray(previous, dtype=float)[None], waypoints])
@@ -91,7 +103,9 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     i0, frac = _segments(x, count)
     if mode == "linear":
         path = points[i0] + frac[:, None] * (points[i0 + 1] - points[i0])
-        rows = path + _fade(x, x_start)[:, None] * (current - path[0])
+        offset = current - path[0]
+        steps = join_steps(np.abs(offset).max(), join_speed, period_ms)
+        rows = path + _fade(x, x_start, steps)[:, None] * offset
         return rows, np.zeros_like(rows)
     if mode != "cubic":
         raise ValueError(f"mode must be 'cubic', 'linear' or 'hold', got {mode!r}")
@@ -105,26 +119,30 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     a, b, ta, tb = points[i0], points[i0 + 1], tangents[i0], tangents[i0 + 1]
     path = h00[:, None] * a + h10[:, None] * ta + h01[:, None] * b + h11[:, None] * tb
     slope = d00[:, None] * a + d10[:, None] * ta + d01[:, None] * b + d11[:, None] * tb  # per step
-    # Join from the commanded target and velocity within one step: a Hermite
-    # blend of the offsets, so position and velocity are continuous at both ends.
+    # Join from the commanded target and velocity within one step (or more, at
+    # join_speed): a Hermite blend of the offsets over u in [0, 1], so position
+    # and velocity are continuous at both ends.
     per_step = period_ms / 1000.0  # seconds per step
     v0 = np.zeros_like(current) if current_velocity is None else np.asarray(current_velocity, dtype=float) * per_step
-    u = np.clip(x - x_start, 0.0, 1.0)
-    inside = (x - x_start) < 1.0
+    offset, offset_slope = current - path[0], v0 - slope[0]
+    length = join_steps(np.abs(offset).max(), join_speed, period_ms)
+    u = np.clip((x - x_start) / length, 0.0, 1.0)
+    inside = (x - x_start) < length
     g00, g10, _, _ = _hermite(u)
     e00, e10, _, _ = _hermite_slopes(u)
     g00, g10, e00, e10 = (np.where(inside, g, 0.0) for g in (g00, g10, e00, e10))
-    offset, offset_slope = current - path[0], v0 - slope[0]
-    rows = path + g00[:, None] * offset + g10[:, None] * offset_slope
-    velocities = (slope + e00[:, None] * offset + e10[:, None] * offset_slope) / per_step
+    # d/dx = (1/length) d/du: the slope offset is scaled so the velocity at the start stays v0.
+    rows = path + g00[:, None] * offset + (length * g10)[:, None] * offset_slope
+    velocities = (slope + (e00 / length)[:, None] * offset + e10[:, None] * offset_slope) / per_step
     velocities[-1] = 0.0
     return rows, velocities
 
 
-def pose_rows(previous, waypoints, x_start: float, current, period_ms: float, *, hold: bool = False) -> np.ndarray:
+def pose_rows(previous, waypoints, x_start: float, current, period_ms: float, *, hold: bool = False,
+              join_speed: tuple[float, float] | None = None) -> np.ndarray:
     """Pose rows (n, 4, 4) for pose ``waypoints`` (m, 4, 4) after ``previous`` (4, 4): along the geodesic between
-    waypoints, the difference to ``current`` faded over one step (``hold`` as for joints). The osc law takes no
-    desired velocity, so no velocity is made."""
+    waypoints, the difference to ``current`` faded over one step, or more with ``join_speed`` = (m/s, rad/s)
+    (``hold`` as for joints). The osc law takes no desired velocity, so no velocity is made."""
     waypoints = np.asarray(waypoints, dtype=float)
     points = np.concatenate([np.asarray(previous, dtype=float)[None], waypoints])
     x = row_positions(len(waypoints), x_start, period_ms)
@@ -137,8 +155,12 @@ def pose_rows(previous, waypoints, x_start: float, current, period_ms: float, *,
     rot = rotations[i0] @ exp_so3(frac[:, None] * steps[i0])
     pos = points[i0, :3, 3] + frac[:, None] * (points[i0 + 1, :3, 3] - points[i0, :3, 3])
     current = np.asarray(current, dtype=float)
-    fade = _fade(x, x_start)
     offset_rot = log_so3(current[:3, :3] @ rot[0].T)
+    steps = 1.0
+    if join_speed is not None:
+        steps = max(join_steps(np.linalg.norm(current[:3, 3] - pos[0]), join_speed[0], period_ms),
+                    join_steps(np.linalg.norm(offset_rot), join_speed[1], period_ms))
+    fade = _fade(x, x_start, steps)
     rows = np.zeros((len(x), 4, 4))
     rows[:, 3, 3] = 1.0
     rows[:, :3, :3] = exp_so3(fade[:, None] * offset_rot) @ rot
