@@ -23,6 +23,8 @@ from .exceptions import (
     MissingDependencyError,
     MotionTimeoutError,
     OffloadError,
+    PolicyCallbackError,
+    PolicyError,
     RealtimeError,
     ReflexError,
     RemoteError,
@@ -42,28 +44,41 @@ from .stats import LoopStats, Summary
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "AiofrankaError",
     "CallTimeoutError",
+    "ChunkRequest",
+    "Command",
     "CommandError",
     "ControlLawError",
     "Controller",
+    "ControllerExecutor",
+    "ControllerObserver",
     "ControllerStateError",
     "ControllerStoppedError",
     "CudaInferenceThread",
     "EventLoopStallError",
+    "Frame",
     "Franka",
     "FrankaController",
     "FrankaRemoteController",
     "Gripper",
     "GripperError",
+    "GripperExecutor",
     "GripperState",
     "GripperStoppedError",
+    "InferenceMode",
+    "InferenceRuntime",
     "InvalidOperationError",
     "LoopStats",
     "MissingDependencyError",
     "MotionTimeoutError",
     "OffloadError",
     "Pacer",
+    "PlaybackStats",
+    "PolicyCallbackError",
+    "PolicyError",
+    "PolicyStats",
     "ProcessProxy",
     "RealtimeError",
     "ReflexError",
@@ -80,7 +95,9 @@ __all__ = [
     "SessionStats",
     "Simulator",
     "SimulatorError",
+    "StepResult",
     "Summary",
+    "TargetRows",
     "WakeupReport",
     "WorkerCrashedError",
     "WorkerStoppedError",
@@ -88,9 +105,14 @@ __all__ = [
     "ampify",
     "async_input",
     "asyncify",
+    "check_policy",
     "mpify",
     "probe_wakeups",
+    "profile_sync_inference",
+    "recommend_inference_mode",
     "run",
+    "run_step",
+    "run_step_sync",
 ]
 
 _LAZY = {
@@ -113,6 +135,24 @@ _LAZY = {
     "SessionStats": ".stats",
     "run": ".sync.session",
     "Simulator": ".sim",
+    "Action": ".policy",
+    "ChunkRequest": ".policy",
+    "Command": ".policy",
+    "ControllerExecutor": ".policy",
+    "ControllerObserver": ".policy",
+    "Frame": ".policy",
+    "GripperExecutor": ".policy",
+    "InferenceMode": ".policy",
+    "InferenceRuntime": ".policy",
+    "StepResult": ".policy",
+    "check_policy": ".policy",
+    "profile_sync_inference": ".policy",
+    "recommend_inference_mode": ".policy",
+    "run_step": ".policy",
+    "run_step_sync": ".policy",
+    "PlaybackStats": ".stats",
+    "PolicyStats": ".stats",
+    "TargetRows": ".loop.trajectory",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,6 +165,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .stats import SessionStats
     from .sync.session import Session, run
     from .sim import Simulator
+    from .loop.trajectory import TargetRows
+    from .policy import (Action, ChunkRequest, Command, ControllerExecutor, ControllerObserver, Frame, GripperExecutor,
+                         InferenceMode, InferenceRuntime, StepResult, check_policy, profile_sync_inference,
+                         recommend_inference_mode, run_step, run_step_sync)
+    from .stats import PlaybackStats, PolicyStats
 
 
 def __getattr__(name: str):

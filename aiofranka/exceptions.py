@@ -25,6 +25,8 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     ├── SessionError               a thread-based ``Session`` failed or was misused (also ``RuntimeError``)
     │   ├── SessionStateError      the call does not fit the Session's lifecycle or thread
     │   └── SessionLoopError       ``observe``, the policy or ``act`` raised; the original is ``__cause__``
+    ├── PolicyError                a policy runtime failed or was misused
+    │   └── PolicyCallbackError    ``observe_fn``, ``act_fn`` or ``act_src_fn`` raised; ``.callback`` names it
     └── MissingDependencyError     a dependency is not installed; says how to install it (also ``ImportError``)
 
 An exception raised by the function a helper runs is re-raised at the ``await``
@@ -55,6 +57,8 @@ __all__ = [
     "MissingDependencyError",
     "MotionTimeoutError",
     "OffloadError",
+    "PolicyCallbackError",
+    "PolicyError",
     "RealtimeError",
     "ReflexError",
     "RemoteError",
@@ -213,6 +217,22 @@ class SessionStateError(SessionError):
 
 class SessionLoopError(SessionError):
     """``observe()``, the policy or ``act()`` raised in the Session's thread; the original is ``__cause__``."""
+
+
+class PolicyError(AiofrankaError):
+    """A policy runtime (:class:`~aiofranka.policy.InferenceRuntime`) failed or was misused."""
+
+
+class PolicyCallbackError(PolicyError):
+    """A callback of ``run_step`` raised; ``callback`` names it (``"observe_fn"``, ``"act_fn"``
+    or ``"act_src_fn"``), and the original exception is ``__cause__``."""
+
+    def __init__(self, message: str, callback: str = "") -> None:
+        super().__init__(message)
+        self.callback = callback
+
+    def __reduce__(self):
+        return type(self), (str(self), self.callback)
 
 
 class MissingDependencyError(AiofrankaError, ImportError):

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["LatencyHistogram", "LoopStats", "SampleRing", "SessionStats", "Summary"]
+__all__ = ["LatencyHistogram", "LoopStats", "PlaybackStats", "PolicyStats", "SampleRing", "SessionStats", "Summary"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,3 +273,69 @@ class SessionStats:
         return (f"{self.iterations} iterations, {self.overruns} overruns, period "
                 f"{1e3 * self.avg_period_s:.3f} ms (target {1e3 * self.target_period_s:.3f} ms), jitter "
                 f"p50 {self.jitter.p50_us:.1f} p99 {self.jitter.p99_us:.1f} max {self.jitter.max_us:.1f} us")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaybackStats:
+    """A frozen snapshot of ``Controller.play``'s figures since the controller's last start.
+
+    * ``playing``: rows are being followed (or are due to start);
+    * ``start_ms``, ``end_ms``: robot times of the first and last row of the
+      current rows (-1 when none);
+    * ``plays``: rows handed to the loop;
+    * ``held_cycles``: cycles that held the last row because the rows had run
+      out (a policy's starvation, in milliseconds);
+    * ``late_switches``: plays that started after their ``start_ms`` (the loop
+      then indexes by robot time, so the target may step by the rows' slope
+      times the delay).
+    """
+
+    playing: bool
+    start_ms: int
+    end_ms: int
+    plays: int
+    held_cycles: int
+    late_switches: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyStats:
+    """A frozen snapshot of an ``InferenceRuntime``'s counters (see docs/policies.md#the-counters).
+
+    * ``steps``: ``run_step`` calls that ran a control step;
+    * ``executed_steps``: control steps executed this episode (starved ticks do not count);
+    * ``requests``: policy calls made (bootstrap included), ``bootstrap_requests`` of them at start-up;
+    * ``integrated``: replies that became the buffer; ``rejected``: replies as old as
+      their own length (in executed steps), discarded whole;
+    * ``stale_steps_dropped``: actions dropped from the front of replies because their
+      steps had been executed while the request was in flight;
+    * ``blended_steps``: actions blended with the launch-time buffer (``ensemble_weight``);
+    * ``starved_ticks``: control ticks with nothing left to execute (the arm held the last target);
+    * ``held_cycles``: 1 kHz cycles the Controller held the last target because
+      the interpolated rows had run out (with the built-in Controller executor; else 0);
+    * ``latency_steps``: the latency estimate in control steps (NaN before one is known);
+      ``latency``: the policy calls' durations, as a :class:`Summary` (µs);
+    * ``chunk_len``: the locked chunk length (0 before the first chunk);
+    * ``in_flight``: a request is awaited.
+    """
+
+    steps: int
+    executed_steps: int
+    requests: int
+    bootstrap_requests: int
+    integrated: int
+    rejected: int
+    stale_steps_dropped: int
+    blended_steps: int
+    starved_ticks: int
+    held_cycles: int
+    latency_steps: float
+    latency: Summary
+    chunk_len: int
+    in_flight: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

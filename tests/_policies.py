@@ -100,3 +100,69 @@ def make_mlp(seed: int = 0):
         torch.nn.Linear(512, 7),
     ).eval()
     return model
+
+
+class ActLikePolicy:
+    """A small ACT-like chunking policy with fixed weights (torch, CPU).
+
+    A transformer decoder turns learned queries into a chunk of ``chunk`` joint
+    targets, conditioned on the observed joints and time. Its output is a small
+    bounded residual (±``residual`` rad, smooth along the chunk as a trained
+    policy's is) around a slow reference motion about ``q_center``, evaluated at
+    the chunk's future steps from the frame's robot time. The reference starts
+    at the first frame the policy sees and fades in over 2 s. The arm moves, and successive chunks
+    disagree a little, as a learned policy's do.
+    """
+
+    def __init__(self, q_center, *, chunk: int = 20, control_hz: float = 30.0, residual: float = 0.01,
+                 seed: int = 0) -> None:
+        import numpy as np
+        import torch
+
+        torch.manual_seed(seed)
+        d = 64
+        self.q_center = np.asarray(q_center, dtype=float)
+        self.t0_ms = None
+        self.chunk = chunk
+        self.period_s = 1.0 / control_hz
+        self.residual = residual
+        self.state_in = torch.nn.Linear(9, d)
+        self.queries = torch.nn.Parameter(0.1 * torch.randn(1, chunk, d), requires_grad=False)
+        layer = torch.nn.TransformerDecoderLayer(d, nhead=4, dim_feedforward=128, dropout=0.0, batch_first=True)
+        self.decoder = torch.nn.TransformerDecoder(layer, num_layers=1)
+        self.head = torch.nn.Linear(d, 7)
+        for module in (self.state_in, self.decoder, self.head):
+            module.eval()
+        # A trained chunk is smooth along time: average the raw per-step outputs over a sliding window.
+        self.smooth = torch.ones(7, 1, 9) / 9.0
+        self.calls = 0
+
+    def reference(self, t_s):
+        import numpy as np
+
+        t_s = np.asarray(t_s, dtype=float)
+        q = np.broadcast_to(self.q_center, t_s.shape + (7,)).copy()
+        fade_in = np.clip(t_s / 2.0, 0.0, 1.0)  # the arm holds while the runtime bootstraps: start gently
+        q[..., 0] += fade_in * 0.15 * np.sin(2 * np.pi * 0.4 * t_s)
+        q[..., 3] += fade_in * 0.10 * (1.0 - np.cos(2 * np.pi * 0.3 * t_s))
+        return q
+
+    def infer(self, frame, request):
+        import numpy as np
+        import torch
+
+        from aiofranka.policy import Action, Command
+
+        if self.t0_ms is None:
+            self.t0_ms = frame.meta["robot_time_ms"]
+        t_obs = (frame.meta["robot_time_ms"] - self.t0_ms) / 1000.0
+        q = np.asarray(frame.state["q"], dtype=np.float32)
+        features = np.concatenate([q, [np.sin(t_obs), np.cos(t_obs)]]).astype(np.float32)
+        with torch.inference_mode():
+            memory = self.state_in(torch.from_numpy(features))[None, None]
+            out = self.head(self.decoder(self.queries, memory))  # (1, chunk, 7)
+            out = torch.nn.functional.conv1d(out.transpose(1, 2), self.smooth, padding=4, groups=7)[0].T.numpy()
+        times = t_obs + self.period_s * (1 + np.arange(self.chunk))
+        targets = self.reference(times) + self.residual * np.tanh(out)
+        self.calls += 1
+        return [Action({"arm": Command("joint_position", target)}) for target in targets]

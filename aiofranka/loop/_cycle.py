@@ -2,8 +2,8 @@
 
 :class:`Cycle` owns the connection's control session while it is open: the
 cycle lock, one read -> law -> safety -> write step (``Kernel.cycle``, one C
-call), the ramp-down, a running ``move()``'s trajectory, robot-time waits
-and the loop's figures. The Controller drives it; the guardian talks to it
+call), the ramp-down, a running ``move()``'s trajectory, played target rows
+(``Controller.play``), robot-time waits and the loop's figures. The Controller drives it; the guardian talks to it
 and to the :class:`~aiofranka.loop._schedule.Schedule` only through the
 members documented here (see docs/architecture.md and docs/guardian.md).
 """
@@ -17,6 +17,8 @@ import os
 import select
 import threading
 import time
+
+import numpy as np
 
 from .. import _kernel, validation
 from ..exceptions import AiofrankaError, ControlLawError, ControllerStoppedError, EventLoopStallError
@@ -109,6 +111,14 @@ class Cycle:
         self._traj = None
         self._traj_k = 0
         self._traj_done: asyncio.Future | None = None
+        # Target rows: the event loop only ever writes _rows_next (a new play)
+        # and the cycle only _rows (the switch), so a guardian cycle between
+        # two bytecodes of play_rows() cannot lose a switch.
+        self._rows = None
+        self._rows_next = None
+        self.rows_played = 0
+        self.rows_starved = 0
+        self.rows_late = 0
         self._waiters: list[_Waiter] = []
         self._next_wake_ms = math.inf
         self._timerfd = -1
@@ -123,6 +133,9 @@ class Cycle:
         self.min_success = 1.0
         self.robot_start_ms = -1
         self.guardian_cycles = 0
+        self.rows_played = 0
+        self.rows_starved = 0
+        self.rows_late = 0
         self._last_read_ns = 0
         self.compute_ns.clear()
         self.period_ns.clear()
@@ -173,6 +186,8 @@ class Cycle:
         self.ctl = None
         self.session_done = None
         self._traj = None
+        self._rows_next = None
+        self._rows = None
         self.guard_running = False
         loop = self.loop
         if self._timerfd >= 0 and loop is not None:
@@ -411,10 +426,33 @@ class Cycle:
         return bool(flags & 2)
 
     def law_params(self, mode: int, from_guardian: bool = False) -> tuple:
-        """The arrays the active law reads this cycle (advancing a trajectory)."""
+        """The arrays the active law reads this cycle (advancing a trajectory, indexing target rows)."""
         c = self.commands
         traj = self._traj
-        if traj is not None:
+        rows = self._rows_next
+        if rows is not None and rows is not self._rows:
+            # A new play switches at a cycle boundary, once its start is due.
+            if self.kernel.time_ms + 1 >= rows.start_ms:
+                if self.kernel.time_ms + 1 > rows.start_ms:
+                    self.rows_late += 1
+                self._rows = rows
+        rows = self._rows
+        ee_desired = c.ee_desired
+        if rows is not None:
+            # Rows are indexed by robot time (the state this cycle reads), so a
+            # late or lost cycle does not delay the path; past the last row it is held.
+            k = self.kernel.time_ms + 1 - rows.start_ms
+            if k >= rows.n:
+                k = rows.n - 1
+                self.rows_starved += 1
+            if rows.joint:
+                q_desired = rows.position_rows[k]
+                dq_desired = rows.velocity_rows[k]
+            else:
+                q_desired = c.q_desired
+                dq_desired = c.dq_desired
+                ee_desired = rows.pose_rows[k]
+        elif traj is not None:
             k = self._traj_k
             q_desired = traj.position_rows[k]
             dq_desired = traj.velocity_rows[k]
@@ -435,7 +473,7 @@ class Cycle:
         if mode == IMPEDANCE:
             return (q_desired, dq_desired, c.kp, c.kd)
         if mode == OSC:
-            return (c.ee_desired, c.ee_kp, c.ee_kd, q_desired, c.null_kp, c.null_kd)
+            return (ee_desired, c.ee_kp, c.ee_kd, q_desired, c.null_kp, c.null_kd)
         return (c.torque,)
 
     def after_rescue(self, from_guardian: bool) -> None:
@@ -560,6 +598,46 @@ class Cycle:
         if done is not None and not done.done():
             done.set_exception(ControllerStoppedError(f"move() was interrupted: {reason}"))
             done.exception()  # mark retrieved: the mover may already be gone
+
+    # -- played target rows ---------------------------------------------------------------
+
+    @property
+    def playing(self):
+        """The target rows being followed (or due to start), else ``None``."""
+        return self._rows_next
+
+    def play_rows(self, rows) -> None:
+        """Follow ``rows`` (a checked :class:`~aiofranka.loop.trajectory.TargetRows`) from its ``start_ms``.
+
+        Until then the cycle keeps following what it followed. A running
+        ``move()`` is interrupted.
+        """
+        self.cancel_trajectory("target rows are played")
+        self.rows_played += 1
+        self._rows_next = rows
+
+    def target_at(self, time_ms: int, joint: bool) -> np.ndarray:
+        """What the cycle will command at robot time ``time_ms`` as ``q_desired`` (``joint``) or ``ee_desired``."""
+        rows = self._rows_next
+        if rows is not None and rows is not self._rows and time_ms < rows.start_ms:
+            rows = self._rows  # the pending play has not started by then
+        if rows is not None and rows.joint == joint:
+            return rows.row_at(time_ms).copy()
+        return (self.commands.q_desired if joint else self.commands.ee_desired).copy()
+
+    def hold_rows_here(self, reason: str) -> None:
+        """Stop following rows: the target becomes the row of the current cycle."""
+        rows = self._rows
+        self._rows_next = None
+        self._rows = None
+        if rows is None:
+            return
+        now = self.kernel.time_ms + 1
+        if rows.joint:
+            self.commands.q_desired = validation.vector("q_desired", rows.row_at(now), 7)
+            self.commands.dq_desired = self.commands.zero7
+        else:
+            self.commands.ee_desired = validation.pose("ee_desired", rows.row_at(now))
 
     # -- ending without the loop ------------------------------------------------------------
 

@@ -21,14 +21,14 @@ from ..exceptions import ControllerStateError, ControllerStoppedError
 from ..pacing import DeadlineGrid
 from ..robot import Robot, RobotState, _abi as _rescue_abi
 from ..robot.errors import translate
-from ..stats import LoopStats  # noqa: F401 - the type of stats
+from ..stats import LoopStats, PlaybackStats  # noqa: F401 - the types of the figures
 from . import command
 from ._bridge import call_on_loop
 from ._cycle import Cycle, user_error
 from ._schedule import Schedule
 from .command import MODES, SETTABLE, Commands
 from .guardian import Guardian, watch_gc
-from .trajectory import follow, plan_joint_motion
+from .trajectory import TargetRows, follow, plan_joint_motion
 
 __all__ = ["Controller", "FrankaController", "MODES", "SETTABLE"]
 
@@ -206,8 +206,12 @@ class Controller:
         call it on the controller's loop while a ``move()`` may run (assigning
         ``q_desired`` interrupts it). Plain code assigns the attribute instead.
         """
+        cycle = self._cycle
         if name == "q_desired":
-            self._cycle.cancel_trajectory("q_desired was assigned")
+            cycle.cancel_trajectory("q_desired was assigned")
+        rows = cycle.playing
+        if rows is not None and name == ("q_desired" if rows.joint else "ee_desired"):
+            cycle.hold_rows_here(f"{name} was assigned")
         setattr(self.commands, name, array)
 
     def _make_property(setting: command.Setting):  # noqa: N805 - class-body helper
@@ -239,6 +243,7 @@ class Controller:
         index = command.check_mode(mode)
         self._raise_stored_error()
         self._cycle.cancel_trajectory(f"switch({mode!r}) was called")
+        self._cycle.hold_rows_here(f"switch({mode!r}) was called")
         self.commands.retarget(self._buf.q, self._buf.ee)
         self._cycle.mode = index
 
@@ -495,6 +500,7 @@ class Controller:
             timeout = validation.positive("timeout", timeout)
         self._require_running()
         cycle = self._cycle
+        cycle.hold_rows_here("move() was called")
         if cycle.moving:
             # Hold where the running motion is now, then plan from the arm's state.
             cycle.hold_trajectory_here()
@@ -506,6 +512,61 @@ class Controller:
             self.switch("impedance")
         await follow(cycle, trajectory, target, tolerance=tolerance, timeout=timeout,
                      wait=self._await_loop, check=self._raise_stored_error)
+
+    # -- target rows (a policy's interpolated chunks) -----------------------------
+
+    def play(self, rows: TargetRows) -> None:
+        """Follow ``rows`` (:class:`~aiofranka.loop.trajectory.TargetRows`) from ``rows.start_ms`` of robot time.
+
+        Joint rows are followed in impedance mode (``q_desired`` and
+        ``dq_desired``), pose rows in osc mode (``ee_desired``); the controller
+        switches mode first when needed. Until ``start_ms`` the loop keeps its
+        current target (or the rows it was playing); the switch happens at a
+        cycle boundary. After the last row the target is held there, and the
+        held cycles are counted in :attr:`playback`. Rows are checked here
+        (finite, joint positions inside the FR3 limits, proper rotations),
+        never in the loop. Assigning the target the rows drive, ``switch()``,
+        ``move()`` or :meth:`stop_playing` ends the playback where it has got to.
+        """
+        if not isinstance(rows, TargetRows):
+            raise TypeError(f"rows must be an aiofranka.loop.trajectory.TargetRows, got {type(rows).__name__}")
+        rows.check()
+        self._require_running()
+        if rows.joint and self._cycle.mode != command.IMPEDANCE:
+            self.switch("impedance")
+        elif not rows.joint and self._cycle.mode != command.OSC:
+            self.switch("osc")
+        self._cycle.play_rows(rows)
+
+    @property
+    def playing(self) -> bool:
+        """Target rows are being followed (or are due to start)."""
+        return self._cycle.playing is not None
+
+    def stop_playing(self) -> None:
+        """Stop following target rows; the target stays where they had got to."""
+        self._cycle.hold_rows_here("stop_playing() was called")
+
+    def target_at(self, time_ms: int, *, joint: bool = True) -> np.ndarray:
+        """The target the loop will command at robot time ``time_ms``: ``q_desired`` (``joint``) or ``ee_desired``.
+
+        Follows played rows (the first row before their start, the last after their end).
+        """
+        return self._cycle.target_at(int(time_ms), joint)
+
+    @property
+    def time_ms(self) -> int:
+        """The robot's millisecond counter at the latest state (cheap: no snapshot)."""
+        return int(self._kernel.time_ms)
+
+    @property
+    def playback(self) -> PlaybackStats:
+        """A frozen snapshot of the playback figures since the last start."""
+        cycle = self._cycle
+        rows = cycle.playing
+        return PlaybackStats(playing=rows is not None, start_ms=rows.start_ms if rows is not None else -1,
+                             end_ms=rows.end_ms if rows is not None else -1, plays=cycle.rows_played,
+                             held_cycles=cycle.rows_starved, late_switches=cycle.rows_late)
 
     # -- state and figures -------------------------------------------------
 
