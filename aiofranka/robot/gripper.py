@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import functools
 import math
-import os
 import secrets
 import struct
 import threading
@@ -307,7 +306,7 @@ class Gripper:
         if old is not None:  # its process died: reap it before starting another
             await old.astop(timeout=0)
         self._release_block()
-        block = Owned(f"aiofranka-gripper-{os.getpid()}-{secrets.token_hex(4)}", _BLOCK_BYTES)
+        block = Owned(f"afkg{secrets.token_hex(4)}", _BLOCK_BYTES)  # named afkg<hex>-<pid>
         try:
             proxy = await ampify(_Hand, self.ip, block.name, STATE_PERIOD, start_timeout=self._start_timeout)
         except WorkerCrashedError as exc:
