@@ -16,10 +16,15 @@ Rows, for each latency:
 * async, async + blend, async + RTC: ``mode=ASYNC``, ``steps_before_request=4``.
 
 Columns: the arm's tracking error against the reference (measured joints,
-sampled every control step; p50 and max, mrad), the largest change of the
-commanded target in one millisecond and the largest jerk of the target
-within 3 ms of a chunk switch, starved control ticks, lost cycles, and the
-simulator's states per wall-clock second.
+sampled every control step; p50 and max, mrad; the impedance lags a moving
+target by about kd v / kp, some 20 mrad here, since no velocity is fed
+forward), the commanded target's error against the reference (every
+millisecond), one interpolation step (the largest difference between two
+consecutive raw actions executed, chunk switches included, spread over the
+step's milliseconds), the largest change of the commanded target in one
+millisecond, the largest jerk of the target within 3 ms of a chunk switch,
+starved control ticks, lost cycles, and the simulator's states per
+wall-clock second.
 
     python benchmarks/policy.py [--duration 10] [--latencies 20,80,150]
 """
@@ -112,12 +117,33 @@ async def run_naive(controller, policy, duration_s: float) -> dict:
     targets = values[np.searchsorted(times, grid, side="right") - 1]
     chunk_starts = times[::CHUNK]
     jump, jerk = switch_figures(targets, int(times[0]), [int(t) + 1 for t in chunk_starts[1:]])
-    return dict(errors=errors, jump=jump, jerk=jerk, starved=starved)
+    raw_step = float(np.abs(np.diff(values, axis=0)).max())
+    return dict(errors=errors, jump=jump, jerk=jerk, starved=starved, raw_step=raw_step,
+                target_errors=np.abs(targets - policy.reference(grid / 1000.0)).max(axis=1))
+
+
+class RecordingExecutor(ControllerExecutor):
+    """The Controller executor, noting the largest step between consecutive raw actions it was given."""
+
+    raw_step = 0.0
+    _plan: tuple[int, np.ndarray] | None = None
+
+    async def play_chunk(self, integration) -> None:
+        waypoints = np.array([a["arm"].value for a in integration.actions])
+        steps = [np.abs(np.diff(waypoints, axis=0)).max()] if len(waypoints) > 1 else []
+        if self._plan is not None:  # at the switch: the new action after the old one it follows
+            first, old = self._plan
+            index = integration.first_step - 1 - first
+            if 0 <= index < len(old):
+                steps.append(np.abs(waypoints[0] - old[index]).max())
+        self.raw_step = max([self.raw_step] + steps)
+        self._plan = (integration.first_step, waypoints)
+        await super().play_chunk(integration)
 
 
 async def run_runtime(controller, policy, duration_s: float, **options) -> dict:
     runtime = InferenceRuntime(control_hz=HZ, warmup_requests=0, profile_delay_requests=2, **options)
-    observer, executor = ControllerObserver(controller), ControllerExecutor(controller)
+    observer, executor = ControllerObserver(controller), RecordingExecutor(controller)
     executor.record = True
     errors = []
     start = controller.time_ms
@@ -133,8 +159,10 @@ async def run_runtime(controller, policy, duration_s: float, **options) -> dict:
     jump, jerk = switch_figures(targets, plays[0].start_ms, [play.start_ms for play in plays[1:]])
     stats = runtime.stats
     runtime.close()
+    grid = np.arange(plays[0].start_ms, end + 1) / 1000.0
     return dict(errors=errors, jump=jump, jerk=jerk, starved=stats.starved_ticks, held=stats.held_cycles,
-                rejected=stats.rejected)
+                rejected=stats.rejected, raw_step=executor.raw_step,
+                target_errors=np.abs(targets - policy.reference(grid)).max(axis=1))
 
 
 ROWS = {
@@ -168,10 +196,10 @@ async def main(duration_s: float, latencies_ms: list[int], rows: list[str]) -> N
         async with Controller(robot) as controller:
             home = controller.state.q
             print(f"{duration_s:.0f} s of robot time per row, chunk {CHUNK} at {HZ:.0f} Hz\n")
-            header = (f"{'latency':>7}  {'row':<14} {'err p50':>8} {'err max':>8} {'jump':>7} {'jerk@switch':>12} "
-                      f"{'starved':>8} {'lost':>5} {'sim/s':>6}")
-            print(header)
-            print(f"{'ms':>7}  {'':<14} {'mrad':>8} {'mrad':>8} {'mrad/ms':>7} {'krad/s^3':>12} {'ticks':>8}")
+            print(f"{'latency':>7}  {'row':<14} {'arm err':>15} {'target err':>15} {'1 step':>7} {'jump':>7} "
+                  f"{'jerk@switch':>11} {'starved':>7} {'lost':>5} {'sim/s':>6}")
+            print(f"{'ms':>7}  {'':<14} {'p50/max mrad':>15} {'p50/max mrad':>15} {'mrad/ms':>7} {'mrad/ms':>7} "
+                  f"{'krad/s^3':>11} {'ticks':>7}")
             for latency in latencies_ms:
                 for name in rows:
                     await settle(controller, home)
@@ -191,9 +219,12 @@ async def main(duration_s: float, latencies_ms: list[int], rows: list[str]) -> N
                     lost = after.lost_cycles - before.lost_cycles
                     states = (after.robot_time_s - before.robot_time_s) * 1000.0 / wall
                     errors = np.array(figures["errors"]) * 1000.0
-                    print(f"{latency:>7}  {name:<14} {np.median(errors):8.2f} {errors.max():8.2f} "
-                          f"{figures['jump']:7.2f} {figures['jerk'] / 1000:12.1f} {figures['starved']:8d} "
-                          f"{lost:5d} {states:6.0f}", flush=True)
+                    target = figures["target_errors"] * 1000.0
+                    step = figures["raw_step"] * 1000.0 / (PERIOD * 1000.0)
+                    print(f"{latency:>7}  {name:<14} {np.median(errors):7.1f}/{errors.max():<7.1f} "
+                          f"{np.median(target):7.1f}/{target.max():<7.1f} {step:7.2f} {figures['jump']:7.2f} "
+                          f"{figures['jerk'] / 1000:11.1f} {figures['starved']:7d} {lost:5d} {states:6.0f}",
+                          flush=True)
             print()
             print(controller.stats.table("loop over the whole benchmark"))
 
