@@ -720,10 +720,11 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from aiofranka.offload import mpify
+    from aiofranka.offload._proxy import link_of
 
     if __name__ == "__main__":
         proxy = mpify(dict)
-        print(proxy._token, flush=True)
+        print(link_of(proxy)._token, flush=True)
         sys.stdin.read()  # until the test closes our stdin (or kills us)
         proxy.stop()
     """
