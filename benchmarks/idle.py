@@ -16,9 +16,13 @@ With ``--baseline-path`` the same runs alternate between that tree (another
 checkout, built in place with ``python setup.py build_ext --inplace``) and
 this one, ``--rounds`` times each, and a summary compares the means.
 
+With ``--floor`` each round also runs a bare pylibfranka loop on one thread
+(read, the state's lists, zero torque, write): what the cycle itself costs,
+which no design of the threads around it removes.
+
 Usage::
 
-    python benchmarks/idle.py [--seconds 10] [--rounds 2] [--baseline-path /tmp/old-guard]
+    python benchmarks/idle.py [--seconds 10] [--rounds 2] [--baseline-path /tmp/old-guard] [--floor]
 
 The child runs with ``PYTHONPATH`` set to the tree measured, so each run
 imports that tree's ``aiofranka`` (the path it imported is printed).
@@ -132,9 +136,55 @@ def child(seconds: float) -> None:
     print(json.dumps(asyncio.run(main())), flush=True)
 
 
-def run_one(tree: str, seconds: float) -> dict:
+def child_bare(seconds: float) -> None:
+    """The floor: a bare pylibfranka loop (readOnce, the state's lists, zero torque, writeOnce) on one thread."""
+    from aiofranka import Robot
+
+    tid = threading_native_id()
+    with Robot() as robot:
+        sim_pid = robot.simulator.pid
+        ctl = robot.start_torque_control()
+        torques = robot.torques
+        zero = [0.0] * 7
+        state, _ = ctl.readOnce()
+        ctl.writeOnce(torques(zero))
+        marks = []
+        start = time.monotonic()
+        finished = False
+        while not finished:
+            state, _ = ctl.readOnce()
+            state.q, state.dq, state.O_T_EE, state.time.to_sec(), state.control_command_success_rate
+            now = time.monotonic()
+            if not marks and now - start >= 1.0:  # settled, as the Controller's runs
+                marks.append((now, _threads(), _ticks(f"/proc/{sim_pid}/stat"), state.time.to_sec()))
+            command = torques(zero)
+            finished = now - start >= 1.0 + seconds
+            command.motion_finished = finished
+            ctl.writeOnce(command)
+        t1, b, sim1, robot1 = time.monotonic(), _threads(), _ticks(f"/proc/{sim_pid}/stat"), state.time.to_sec()
+    t0, a, sim0, robot0 = marks[0]
+    wall = t1 - t0
+    (ticks0, switches0, run0, _), (ticks1, switches1, run1, _) = a[tid], b[tid]
+    print(json.dumps({
+        "aiofranka": "bare pylibfranka",
+        "wall_s": wall,
+        "threads": [{"role": "loop", "tid": tid, "cpu_pct": 100.0 * (ticks1 - ticks0) / TICK / wall,
+                     "run_pct": 100.0 * (run1 - run0) / 1e9 / wall, "switches_per_s": (switches1 - switches0) / wall}],
+        "sim_states_per_s": (robot1 - robot0) * 1000.0 / wall,
+        "sim_cpu_pct": 100.0 * (sim1 - sim0) / TICK / wall,
+        "lost": 0, "stalls": 0, "rescued": 0, "guardian_cycles": 0,
+    }), flush=True)
+
+
+def threading_native_id() -> int:
+    import threading
+
+    return threading.get_native_id()
+
+
+def run_one(tree: str, seconds: float, bare: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=tree)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--seconds", str(seconds)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--bare-child" if bare else "--child", "--seconds", str(seconds)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120)
     if result.returncode != 0:
         raise SystemExit(f"the run in {tree} failed:\n{result.stderr[-3000:]}")
@@ -154,10 +204,16 @@ def show(label: str, run: dict) -> None:
     cpu = sum(t["cpu_pct"] for t in ours(run))
     busy = sum(t["run_pct"] for t in ours(run))
     sw = sum(t["switches_per_s"] for t in ours(run))
-    print(f"  {'total (ours)':<18} {cpu:>7.1f} {busy:>7.1f} {sw:>11.0f}")
+    print(f"  {'total (ours)':<18} {cpu:>7.1f} {busy:>7.1f} {sw:>11.0f}   "
+          f"({per_state(run, cpu):.0f} us of CPU per robot state)")
     print(f"  simulator {run['sim_states_per_s']:.0f} states/s, {run['sim_cpu_pct']:.1f} % CPU; lost "
           f"{run['lost']}, stalls {run['stalls']}, guardian cycles {run['guardian_cycles']}, "
           f"rescued {run['rescued']}")
+
+
+def per_state(run: dict, cpu_pct: float) -> float:
+    """CPU time per robot state (us): the loop's work scales with the simulator's rate, which load changes."""
+    return cpu_pct * 1e4 / max(run["sim_states_per_s"], 1.0)
 
 
 def summary(name: str, runs: list[dict]) -> tuple[float, float]:
@@ -172,8 +228,11 @@ def summary(name: str, runs: list[dict]) -> tuple[float, float]:
     sims = [run["sim_states_per_s"] for run in runs]
     parts = ", ".join(f"{role} {sum(c for c, _ in v) / n:.1f} % / {sum(s for _, s in v) / n:.0f}/s"
                       for role, v in sorted(roles.items()))
+    loop_us = sum(per_state(run, t["cpu_pct"]) for run in runs for t in ours(run) if t["role"] == "loop") / n
+    all_us = sum(per_state(run, sum(t["cpu_pct"] for t in ours(run))) for run in runs) / n
     print(f"{name:<9} total {cpu:5.1f} % of a core (schedstat {busy:.1f} %), {sw:6.0f} switches/s  ({parts}); "
-          f"simulator {min(sims):.0f}-{max(sims):.0f} states/s")
+          f"simulator {min(sims):.0f}-{max(sims):.0f} states/s; CPU per robot state {all_us:.0f} us "
+          f"(loop {loop_us:.0f}, other threads {all_us - loop_us:.0f})")
     return cpu, sw
 
 
@@ -183,18 +242,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each tree, alternated")
     parser.add_argument("--baseline-path", help="another tree to measure beside this one")
     parser.add_argument("--path", default=ROOT, help="the tree to measure (default: this checkout)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure a bare pylibfranka loop each round: the cost of the cycle itself")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.seconds)
         return
+    if args.bare_child:
+        child_bare(args.seconds)
+        return
     trees = [("baseline", os.path.abspath(args.baseline_path))] if args.baseline_path else []
     trees.append(("this", os.path.abspath(args.path)))
+    if args.floor:
+        trees.append(("bare", os.path.abspath(args.path)))
     results: dict[str, list[dict]] = {name: [] for name, _ in trees}
     for round_ in range(args.rounds):
         for name, tree in trees:
             print(f"round {round_ + 1}: {name} ({tree})", file=sys.stderr, flush=True)
-            run = run_one(tree, args.seconds)
+            run = run_one(tree, args.seconds, bare=name == "bare")
             results[name].append(run)
             show(f"round {round_ + 1}, {name}", run)
     print()
