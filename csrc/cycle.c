@@ -78,8 +78,10 @@ void note_written(Kernel *self, long long time_ms, int finished) {
     self->last_time_ms = time_ms;
     if (finished) atomic_store(&self->finished, 1);
     long long now = now_ns();
-    if (self->r_timer >= 0) timer_arm(self->r_timer, now + self->r_after_ns); /* the rescue thread sleeps on */
     atomic_store(&self->last_write_ns, now);
+    /* Then the rescue thread sleeps on (armed after the store: having consumed
+     * an expiration, it reads this write or a later one). */
+    if (self->r_timer >= 0) timer_arm(self->r_timer, now + self->r_after_ns);
 }
 
 /* ---- the cycle lock ------------------------------------------------------
