@@ -2,15 +2,17 @@
 
 Each run is a fresh child process with a fresh embedded simulator: a
 Controller holds its start pose, the event loop idles in ``asyncio.sleep``,
-and over ``--seconds`` the child reads, for each of its threads,
-user+system ticks (``/proc/self/task/<tid>/stat``) and voluntary +
-involuntary context switches (``/proc/self/task/<tid>/status``), with the
-time on a CPU from ``schedstat`` (ns, not sampled at the tick) beside the
-ticks. Threads are named by role: ``loop`` (the event-loop thread, which serves the cycles),
+and over ``--seconds`` the child reads, for each of its threads, user+system
+ticks (``/proc/self/task/<tid>/stat``) and voluntary + involuntary context
+switches (``/proc/self/task/<tid>/status``), with the time on a CPU from
+``schedstat`` (ns, not sampled at the tick) beside the ticks. Threads are
+named by role: ``loop`` (the event-loop thread, which serves the cycles),
 ``guardian`` (the Python guardian), and the kernel's C threads by their OS
 names (``aiofranka-watch``, ``aiofranka-resc``; in a tree that does not name
 them, a new unnamed thread is reported as ``rescue?``). Beside them: the
-simulator's states per wall second and its own CPU, and the cycles lost.
+simulator's states per wall second and its own CPU, the cycles lost, and the
+CPU time per robot state (the loop's work scales with the simulator's rate,
+which the machine's load changes).
 
 With ``--baseline-path`` the same runs alternate between that tree (another
 checkout, built in place with ``python setup.py build_ext --inplace``) and
