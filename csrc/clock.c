@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
+#include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #endif
 
@@ -28,6 +29,49 @@ void sleep_until_ns(long long t) {
 int state_waiting(int fd, int timeout_ms) {
     struct pollfd pfd = {fd, POLLIN, 0};
     return poll(&pfd, 1, timeout_ms) > 0 && (pfd.revents & POLLIN);
+}
+
+/* Wait until fd is readable or stop_fd (-1: none) is signalled, at most
+ * timeout_ms (-1: no limit). 1 if fd is readable. */
+int fd_wait(int fd, int stop_fd, int timeout_ms) {
+    struct pollfd pfd[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    return poll(pfd, stop_fd >= 0 ? 2 : 1, timeout_ms) > 0 && (pfd[0].revents & POLLIN);
+}
+
+/* ---- the C threads' watchdog timers and wake-ups (Linux) -----------------
+ * A watchdog timer is re-armed by every cycle for a deadline after it: it
+ * fires only when no cycle came in time, so a thread blocked on it sleeps
+ * through a healthy loop instead of waking every cycle to check. Re-arming
+ * also clears an expiration nobody read. */
+
+/* Consume a (non-blocking) timerfd's expirations: 1 if it had fired. */
+int timer_fired(int timer_fd) {
+    unsigned long long count = 0;
+    return read(timer_fd, &count, sizeof count) == (ssize_t)sizeof count && count > 0;
+}
+
+/* Arm a timerfd for an absolute CLOCK_MONOTONIC time (ns); 0 disarms. */
+void timer_arm(int timer_fd, long long deadline_ns) {
+#ifdef __linux__
+    struct itimerspec spec = {{0, 0}, {(time_t)(deadline_ns / 1000000000LL), (long)(deadline_ns % 1000000000LL)}};
+    timerfd_settime(timer_fd, TFD_TIMER_ABSTIME, &spec, NULL);
+#endif
+}
+
+/* A non-blocking eventfd (-1 where there is none). */
+int event_fd(void) {
+#ifdef __linux__
+    return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+void event_signal(int fd) {
+    unsigned long long one = 1;
+    ssize_t written = write(fd, &one, sizeof one);
+    (void)written; /* a full counter is still readable */
 }
 
 /* ---- timerfd: sub-millisecond wakeups for the event loop (Linux) -------- */

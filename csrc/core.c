@@ -77,7 +77,19 @@ static void Kernel_release(Kernel *self) {
     self->held = 0;
 }
 
+static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Kernel *self = (Kernel *)PyType_GenericNew(type, args, kwds);
+    if (self) {
+        /* descriptors the kernel owns: none yet (0 is stdin) */
+        self->r_fd = self->r_timer = self->r_stop = -1;
+        self->w_timer = self->w_stop = self->w_wake = self->w_state_fd = -1;
+        schedule_reset(self);
+    }
+    return (PyObject *)self;
+}
+
 static void Kernel_dealloc(Kernel *self) {
+    watch_join(self);
     rescue_join(self);
     Kernel_release(self);
     Kernel_unpublish(self);
@@ -94,7 +106,6 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kwds) {
     osc_params *o = &self->osc;
     Kernel_release(self);
     self->last_time_ms = -1;
-    self->r_fd = -1;
     s->margin = 0.1; s->stiffness = 100.0; s->damping = 5.0;
     o->max_translation = 0.05; o->max_rotation = 0.3; o->null_damping = 1e-3;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOOO|Odddddd", kwlist, &objs[0], &objs[1], &objs[2],
@@ -155,6 +166,14 @@ static PyMethodDef Kernel_methods[] = {
      "the next cycle reads even if no state is waiting (after a long silence)"},
     {"claim_next", (PyCFunction)Kernel_claim_next, METH_NOARGS,
      "a Python thread serves from now on: the rescue thread yields"},
+    {"due", (PyCFunction)Kernel_due, METH_NOARGS, "due() -> (epoch, due_ns): the last published deadline"},
+    {"restart_schedule", (PyCFunction)Kernel_restart_schedule, METH_NOARGS,
+     "the rescue thread served meanwhile: the next state is expected a period from now"},
+    {"watch_start", FASTCALL(Kernel_watch_start),
+     "watch_start(threshold_ns, state_fd, wake_fd, priority): write wake_fd when a due cycle goes unclaimed"},
+    {"watch_stop", (PyCFunction)Kernel_watch_stop, METH_NOARGS, "stop and join the watch thread"},
+    {"watch_counters", (PyCFunction)Kernel_watch_counters, METH_NOARGS,
+     "watch_counters() -> (timer_fires, reports) since watch_start"},
     {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
      "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running, rescue_error)"},
     /* test-only (testing.c) */
@@ -186,8 +205,9 @@ static PyTypeObject KernelType = {
     .tp_doc = "Per-cycle control arithmetic over preallocated float64 arrays.",
     .tp_methods = Kernel_methods,
     .tp_members = Kernel_members,
+    .tp_getset = Kernel_schedule_getset,
     .tp_init = (initproc)Kernel_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Kernel_new,
 };
 
 /* ---- the module ----------------------------------------------------------- */

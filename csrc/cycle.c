@@ -71,12 +71,17 @@ PyObject *Kernel_update_last(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     return PyBool_FromLong(zero);
 }
 
-/* Book-keeping after any cycle's write (the writer holds the cycle lock). */
+/* Book-keeping after any cycle's write (the writer holds the cycle lock):
+ * lost states, the time written, and the rescue thread's watchdog. */
 void note_written(Kernel *self, long long time_ms, int finished) {
     if (self->last_time_ms >= 0 && time_ms - self->last_time_ms > 1) self->lost += time_ms - self->last_time_ms - 1;
     self->last_time_ms = time_ms;
     if (finished) atomic_store(&self->finished, 1);
-    atomic_store(&self->last_write_ns, now_ns());
+    long long now = now_ns();
+    atomic_store(&self->last_write_ns, now);
+    /* Then the rescue thread sleeps on (armed after the store: having consumed
+     * an expiration, it reads this write or a later one). */
+    if (self->r_timer >= 0) timer_arm(self->r_timer, now + self->r_after_ns);
 }
 
 /* ---- the cycle lock ------------------------------------------------------
@@ -108,14 +113,17 @@ PyObject *Kernel_claim_next(Kernel *self, PyObject *Py_UNUSED(ignored)) {
  * all in C: the interpreter's eval loop does not run between readOnce and
  * writeOnce, so no other thread can take the GIL in between. A law whose
  * parameters are unusable, or whose output is not finite, yields a step
- * towards zero. Returns (state, time_ms, success_rate, t_call_ns, t_read_ns,
- * t_write_ns, flags) with flags bit 0: output was not finite, bit 1: the
- * command was zero and written with motion_finished. */
+ * towards zero. The cycle claims the published deadline as it starts and,
+ * once written, publishes the next (watch.c). Returns (state, time_ms,
+ * success_rate, t_call_ns, t_read_ns, t_write_ns, flags) with flags bit 0:
+ * output was not finite, bit 1: the command was zero and written with
+ * motion_finished. */
 PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 5) {
         PyErr_SetString(PyExc_TypeError, "cycle(ctl, Torques, mode, scale, finish_if_zero, *params)");
         return NULL;
     }
+    schedule_claim(self); /* before anything can fail: this cycle is being served */
     PyObject *ctl = args[0], *torques_type = args[1];
     long mode = PyLong_AsLong(args[2]);
     double scale = PyFloat_AsDouble(args[3]);
@@ -201,6 +209,7 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     long long time_ms = llround(sec * 1000.0);
     note_written(self, time_ms, finished);
+    schedule_observe(self, t_read, time_ms, finished);
     self->last_success = success;
     atomic_store(&self->rescued_last, 0);
     atomic_store(&self->py_claim, 0);
@@ -234,6 +243,7 @@ PyObject *Kernel_new_session(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     self->last_mode = MODE_TORQUE;
     self->last_scale = 0.0;
     memset(self->last_params, 0, sizeof self->last_params);
+    schedule_reset(self);
     Py_RETURN_NONE;
 }
 

@@ -16,6 +16,8 @@
  *   cycle.c    one cycle (read, law, safety, write) and its bookkeeping
  *   seqlock.c  the seqlocked state frame of server mode
  *   rescue.c   the GIL-free rescue thread; direct.cpp the libfranka calls
+ *   watch.c    when the next state is due, and the watch thread that wakes
+ *              the guardian only when a due cycle went unclaimed
  *   abi.c      what is checked before reading a pybind11 object's C++ value
  *   clock.c    CLOCK_MONOTONIC time, timerfd, spin_until, wake_probe
  *   testing.c  the entry points only tests use (named _test_*)
@@ -81,11 +83,27 @@ typedef struct {
     int last_mode;
     double last_scale;
     double last_params[49];
-    /* The rescue thread (rescue.c). */
+    /* The state schedule (watch.c): when the next state is due, learned from
+     * the read times of the cycles Python serves. s_due is published with
+     * s_epoch (bumped after each Python cycle); a Python cycle claims the
+     * epoch it serves (s_claimed) as it starts. */
+    long long s_anchor_t, s_anchor_ms, s_base_t, s_base_ms;
+    int s_begun;
+    atomic_llong s_period, s_next_due, s_due, s_epoch, s_claimed;
+    /* The watch thread (watch.c): w_timer fires at s_due + w_threshold_ns
+     * unless the next Python cycle re-armed it first. */
+    pthread_t w_thread;
+    int w_started;
+    atomic_int w_run;
+    int w_timer, w_stop, w_wake, w_state_fd, w_priority;
+    long long w_threshold_ns;
+    atomic_llong w_stalled, w_fires, w_reports;
+    /* The rescue thread (rescue.c). r_timer fires r_after_ns after the last
+     * cycle written, unless another write re-armed it first. */
     pthread_t r_thread;
     int r_started;
     atomic_int r_run;
-    int r_fd, r_priority;
+    int r_fd, r_priority, r_timer, r_stop;
     long long r_after_ns, r_grace_ns;
     void *r_ctl, *r_read, *r_write;
     unsigned char *r_tq; /* the Torques object's C++ storage */
@@ -141,6 +159,18 @@ PyObject *rescue_raise(Kernel *self);
 PyObject *Kernel_rescue_start(Kernel *self, PyObject *args);
 PyObject *Kernel_rescue_stop(Kernel *self, PyObject *ignored);
 
+/* watch.c */
+void schedule_reset(Kernel *self);
+void schedule_claim(Kernel *self);
+void schedule_observe(Kernel *self, long long t_read, long long time_ms, int finished);
+void watch_join(Kernel *self);
+PyObject *Kernel_watch_start(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_watch_stop(Kernel *self, PyObject *ignored);
+PyObject *Kernel_watch_counters(Kernel *self, PyObject *ignored);
+PyObject *Kernel_due(Kernel *self, PyObject *ignored);
+PyObject *Kernel_restart_schedule(Kernel *self, PyObject *ignored);
+extern PyGetSetDef Kernel_schedule_getset[];
+
 /* abi.c */
 int pybind11_value(PyObject *obj, const char *class_name, void **value, char *err, size_t n);
 PyObject *k_peek_value(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
@@ -149,6 +179,11 @@ PyObject *k_peek_value(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 long long now_ns(void);
 void sleep_until_ns(long long t);
 int state_waiting(int fd, int timeout_ms);
+int fd_wait(int fd, int stop_fd, int timeout_ms);
+int timer_fired(int timer_fd);
+void timer_arm(int timer_fd, long long deadline_ns);
+int event_fd(void);
+void event_signal(int fd);
 PyObject *k_timerfd_create(PyObject *mod, PyObject *ignored);
 PyObject *k_timerfd_arm(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 PyObject *k_timerfd_clear(PyObject *mod, PyObject *arg);

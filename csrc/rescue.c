@@ -2,9 +2,10 @@
  * docs/guardian.md#the-rescue-thread; its ABI contract: docs/rescue-abi.md).
  *
  * A plain pthread, real-time above the loop and the guardian, that never
- * takes the GIL. While Python serves the robot it only wakes now and then to
- * see that cycles are being written. If none has been written for r_after_ns
- * and a state has then waited r_grace_ns unserved, it takes the cycle lock
+ * takes the GIL. While Python serves the robot it sleeps on a watchdog timer
+ * that every cycle written pushes r_after_ns on, so it does not wake. If no
+ * cycle has been written for r_after_ns and a state has then waited
+ * r_grace_ns unserved, it takes the cycle lock
  * and serves that state itself: libfranka's readOnce, the law with the last
  * targets and gains the loop used (impedance with zero target velocity, so a
  * trajectory pauses rather than runs on), the same safety filter, writeOnce.
@@ -18,6 +19,10 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/timerfd.h>
+#endif
 
 /* direct.cpp calls libfranka with the x86-64 System V convention for a
  * returned struct (its address as a hidden first argument); on ARM64 it
@@ -41,9 +46,14 @@ const char *const rescue_unavailable =
 void rescue_join(Kernel *self) {
     if (self->r_started) {
         atomic_store(&self->r_run, 0);
+        event_signal(self->r_stop);
         pthread_join(self->r_thread, NULL);
         self->r_started = 0;
     }
+    int timer = self->r_timer, stop = self->r_stop;
+    self->r_timer = self->r_stop = -1; /* before closing: every cycle written arms r_timer if set */
+    if (timer >= 0) close(timer);
+    if (stop >= 0) close(stop);
     Py_CLEAR(self->r_ctl_obj);
     Py_CLEAR(self->r_tq_obj);
     for (int i = 0; i < 3; i++) Py_CLEAR(self->r_exc[i]);
@@ -108,6 +118,7 @@ static void *rescue_main(void *arg) {
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to Python's main thread */
+    pthread_setname_np(pthread_self(), "aiofranka-resc");
     if (self->r_priority > 0) {
         struct sched_param sp = {.sched_priority = self->r_priority};
         pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp); /* best effort */
@@ -125,12 +136,12 @@ static void *rescue_main(void *arg) {
             long long took = now_ns() - episode_start;
             if (took > atomic_load(&self->r_longest_ns)) atomic_store(&self->r_longest_ns, took);
         }
-        if (!active) {
-            long long wake = last + self->r_after_ns, now = now_ns();
-            if (now < wake) {
-                sleep_until_ns(wake < now + 10000000 ? wake : now + 10000000);
-                continue;
-            }
+        if (!active && now_ns() < last + self->r_after_ns) {
+            /* Every cycle written re-arms r_timer for r_after_ns later: it
+             * fires only once none came that long (1 s: a safety net). */
+            fd_wait(self->r_timer, self->r_stop, 1000);
+            timer_fired(self->r_timer);
+            continue;
         }
         if (!state_waiting(self->r_fd, 5)) continue;
         sleep_until_ns(now_ns() + self->r_grace_ns);
@@ -225,9 +236,21 @@ PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
         return NULL;
     }
 #endif
+#ifdef __linux__
+    self->r_timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    self->r_stop = event_fd();
+    if (self->r_timer < 0 || self->r_stop < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        rescue_join(self);
+        return NULL;
+    }
+#endif
     /* Twice the measured size and a page more: the returned pair only adds a Duration. */
     self->r_state = PyMem_Calloc(1, (size_t)state_size * 2 + 4096);
-    if (!self->r_state) return PyErr_NoMemory();
+    if (!self->r_state) {
+        rescue_join(self);
+        return PyErr_NoMemory();
+    }
     self->r_ctl = c;
     self->r_tq = t;
     self->r_read = rd;
@@ -245,6 +268,7 @@ PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
         Py_INCREF(self->r_exc[i]);
     }
     atomic_store(&self->r_error_kind, 0);
+    timer_arm(self->r_timer, atomic_load(&self->last_write_ns) + after_ns); /* later writes re-arm it */
     atomic_store(&self->r_run, 1);
 #if RESCUE_BUILT
     rc = pthread_create(&self->r_thread, NULL, rescue_main, self);
@@ -265,6 +289,7 @@ PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
 PyObject *Kernel_rescue_stop(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     if (self->r_started) {
         atomic_store(&self->r_run, 0);
+        event_signal(self->r_stop);
         Py_BEGIN_ALLOW_THREADS
         pthread_join(self->r_thread, NULL);
         Py_END_ALLOW_THREADS

@@ -247,3 +247,32 @@ def test_a_loop_on_a_plain_thread_runs_real_time_for_the_session_and_the_guardia
     assert seen["loop"] == (os.SCHED_FIFO, robot.rt_priority)
     assert seen["guardian"] == (os.SCHED_FIFO, robot.rt_priority + 1)
     assert seen["after"] == (os.SCHED_OTHER, 0)
+
+
+def _switches(tid: int) -> int:
+    """Voluntary + involuntary context switches of one of our threads so far."""
+    total = 0
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.timing
+async def test_an_idle_loop_leaves_the_guardian_asleep(robot):
+    """While the event loop keeps its deadlines, the Python guardian sleeps: the
+    kernel's watch thread wakes it only for a stall. A guardian that watched the
+    deadlines itself woke about once per cycle (2,400-3,500 context switches per
+    second here). A host slow enough for the loop itself to wake late has stalls
+    (the loop's own late wakeups, seen: tens per second), each of which wakes the
+    guardian and lets it serve a cycle or two: they are allowed for."""
+    async with Controller(robot) as controller:
+        await controller.wait(0.5)  # settled: the schedule has learned the period
+        guardian = controller._guardian.native_id
+        start, switches, stalls = time.monotonic(), _switches(guardian), controller.stats.stalls
+        await asyncio.sleep(2.0)
+        seconds = time.monotonic() - start
+        switches, stalls = _switches(guardian) - switches, controller.stats.stalls - stalls
+    assert switches < 100 * seconds + 20 * stalls, \
+        f"{switches / seconds:.0f} switches/s of the guardian; {stalls / seconds:.1f} stalls/s"

@@ -1,4 +1,9 @@
-"""The C kernel agrees with the reference laws in aiofranka.control."""
+"""The C kernel agrees with the reference laws in aiofranka.control; its watch thread reports unclaimed cycles."""
+
+import os
+import select
+import time
+import types
 
 import numpy as np
 import pytest
@@ -109,3 +114,120 @@ def test_wrong_buffers_are_type_errors():
         buf.kernel._test_impedance(frozen(np.zeros(7)), frozen(np.zeros(7)), frozen(np.zeros(6)), frozen(np.zeros(7)))
     with pytest.raises(TypeError, match="q must be a writable contiguous float64 array"):
         _kernel.Kernel(*([np.zeros(6)] + [np.zeros(7)] * 11))
+
+
+class _Time:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def to_sec(self) -> float:
+        return self.ms / 1000.0
+
+
+class _State:
+    def __init__(self, ms: int) -> None:
+        self.q = limits.Q_HOME.tolist()
+        self.dq = [0.0] * 7
+        self.O_T_EE = np.eye(4).ravel().tolist()
+        self.time = _Time(ms)
+        self.control_command_success_rate = 1.0
+
+
+class _Control:
+    """Stands in for pylibfranka's control object: the robot clock is the wall clock (ms)."""
+
+    def __init__(self, read_delay: float = 0.0) -> None:
+        self.start = time.monotonic_ns()
+        self.read_delay = read_delay
+
+    def readOnce(self):
+        time.sleep(self.read_delay)
+        return _State((time.monotonic_ns() - self.start) // 1_000_000), None
+
+    def writeOnce(self, command) -> None:
+        pass
+
+
+def _torques(values):
+    return types.SimpleNamespace(tau_J=values, motion_finished=False)
+
+
+THRESHOLD_NS = 50_000_000  # far above a Python thread's late wakeups when cycling every millisecond
+
+
+@pytest.fixture
+def watched():
+    """A kernel whose watch thread reports to an eventfd (the deadline alone, as with wait="timerfd")."""
+    kernel = StateBuffer().kernel
+    kernel.new_session()
+    wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    kernel.watch_start(THRESHOLD_NS, -1, wake, 0)
+    yield kernel, wake
+    kernel.watch_stop()
+    os.close(wake)
+
+
+def _cycles(kernel, ctl, n: int, *, finish: bool = False, torque: float = 0.0) -> None:
+    for _ in range(n):
+        kernel.cycle(ctl, _torques, 2, 1.0, finish, frozen([torque] * 7))
+        time.sleep(0.001)
+
+
+@pytest.mark.timing
+def test_the_watch_sleeps_while_cycles_come_and_reports_the_first_that_does_not(watched):
+    kernel, wake = watched
+    _cycles(kernel, _Control(), 100, torque=1.0)
+    assert kernel.watch_counters() == (0, 0)  # each cycle pushed the timer on: it never fired
+    epoch, due = kernel.due()
+    assert kernel.claimed_epoch == epoch - 1  # published, not yet claimed
+    assert select.select([wake], [], [], 5.0)[0], "the unclaimed cycle was not reported"
+    reported = time.monotonic_ns()
+    assert os.eventfd_read(wake) == 1
+    assert kernel.stalled_epoch == epoch
+    assert reported >= due + THRESHOLD_NS
+    time.sleep(0.1)
+    assert kernel.watch_counters() == (1, 1)  # once: nothing re-armed the timer since
+
+
+@pytest.mark.timing
+def test_the_watch_leaves_a_claimed_cycle_and_a_finished_session_alone(watched):
+    kernel, wake = watched
+    ctl = _Control()
+    _cycles(kernel, ctl, 20)
+    # Claimed, then slow inside the cycle (readOnce waits 0.2 s): not a stall.
+    ctl.read_delay = 0.2
+    _cycles(kernel, ctl, 1)
+    fires, reports = kernel.watch_counters()
+    assert fires >= 1 and reports == 0
+    # The last cycle writes motion_finished (zero torque): nothing is due after it.
+    ctl.read_delay = 0.0
+    _cycles(kernel, ctl, 1, finish=True)
+    time.sleep(0.1)
+    assert kernel.watch_counters()[1] == 0
+    assert not select.select([wake], [], [], 0)[0]
+
+
+@pytest.mark.timing
+def test_with_a_state_socket_a_late_state_is_not_a_stall_and_one_left_waiting_is():
+    """wait="socket": the watch reports only once a state has waited, unclaimed,
+    a threshold (a pipe stands in for libfranka's state socket)."""
+    kernel = StateBuffer().kernel
+    kernel.new_session()
+    wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    state_r, state_w = os.pipe()
+    kernel.watch_start(THRESHOLD_NS, state_r, wake, 0)
+    try:
+        _cycles(kernel, _Control(), 20)
+        epoch, due = kernel.due()
+        time.sleep(0.15)  # the deadline passes, no state comes: late, not stalled
+        fires, reports = kernel.watch_counters()
+        assert fires == 1 and reports == 0
+        arrived = time.monotonic_ns()
+        os.write(state_w, b"s")  # a state comes and nobody claims it
+        assert select.select([wake], [], [], 5.0)[0], "the state left waiting was not reported"
+        assert time.monotonic_ns() >= arrived + THRESHOLD_NS
+        assert kernel.stalled_epoch == epoch and kernel.watch_counters()[1] == 1
+    finally:
+        kernel.watch_stop()
+        for fd in (wake, state_r, state_w):
+            os.close(fd)

@@ -64,8 +64,9 @@ class Cycle:
     Members the guardian uses: ``lock`` (held by whoever serves a cycle),
     ``guard_running``, ``session_finished``, ``has_control``,
     ``guardian_active``, ``loop_back``, ``state_fd``, ``wait_mode``,
-    :meth:`state_ready`, :meth:`claim_next`, :meth:`serve_from_guardian`,
-    :meth:`guardian_done`, :meth:`stall_stop`.
+    :meth:`start_watch`, :meth:`stop_watch`, :meth:`state_ready`,
+    :meth:`claim_next`, :meth:`serve_from_guardian`, :meth:`guardian_done`,
+    :meth:`stall_stop`.
     """
 
     #: Rescue thread: how long without any cycle written before it steps in,
@@ -302,8 +303,7 @@ class Cycle:
                 self.after_rescue(False)
             return
         try:
-            self.schedule.claim()
-            finished = self.run(False, False)
+            finished = self.run(False, False)  # Kernel.cycle claims the due cycle first
         except BaseException as exc:  # noqa: BLE001 - handed to the loop coroutine
             done.set_exception(exc)
             return
@@ -317,20 +317,30 @@ class Cycle:
     def arm_timer(self) -> None:
         """timerfd mode: wake a learned margin before the next state is due.
         Socket mode: wake if no state has come long after it was due."""
-        schedule = self.schedule
+        due = self.schedule.next_due_ns
         if self.wait_mode == "timerfd":
-            _kernel.timerfd_arm(self._timerfd, schedule.next_due_ns - schedule.margin_ns)
-        elif schedule.next_due_ns + self.SILENCE_NS // 2 > self._silence_armed_ns:
+            _kernel.timerfd_arm(self._timerfd, due - self.schedule.margin_ns)
+        elif due + self.SILENCE_NS // 2 > self._silence_armed_ns:
             # Re-armed only when less than half the window is left: one
             # syscall every ~50 ms instead of every cycle.
-            self._silence_armed_ns = schedule.next_due_ns + self.SILENCE_NS
+            self._silence_armed_ns = due + self.SILENCE_NS
             _kernel.timerfd_arm(self._timerfd, self._silence_armed_ns)
 
     # -- serving from the guardian thread ----------------------------------------------
 
+    def start_watch(self, threshold_ns: int, wake_fd: int, priority: int | None) -> None:
+        """Start the kernel's watch thread: it writes ``wake_fd`` (an eventfd)
+        when a due cycle went unclaimed for ``threshold_ns`` (socket mode: once
+        its state waited that much more), and sleeps otherwise."""
+        state_fd = self.state_fd if self.wait_mode == "socket" else None
+        self.kernel.watch_start(threshold_ns, -1 if state_fd is None else state_fd, wake_fd, priority or 0)
+
+    def stop_watch(self) -> None:
+        """Stop and join the watch thread (idempotent); it writes ``wake_fd`` no more."""
+        self.kernel.watch_stop()
+
     def serve_from_guardian(self) -> bool:
         """One cycle served by the guardian (the caller holds ``lock``)."""
-        self.schedule.claim()
         return self.run(False, True)
 
     def guardian_done(self, error: BaseException | None) -> None:
@@ -396,16 +406,14 @@ class Cycle:
         buf.raw = state
         buf.time_ms = now
         buf.success_rate = success
-        schedule = self.schedule
         if initial:
             self.commands.retarget(buf.q, buf.ee)
             self.robot_start_ms = now
-            schedule.begin(t_read, now)
         else:
             waited = t_read - t_call
             self.period_ns.push(t_read - self._last_read_ns)
             self.read_wait_ns.push(waited)
-            schedule.observe(t_read, now, waited)
+            self.schedule.observe(waited)
         self._last_read_ns = t_read
         if success < self.min_success and self.cycles >= 100:
             self.min_success = success
@@ -413,7 +421,6 @@ class Cycle:
         self.cycles += 1
         if flags & 1 and self.law_error is None:
             self.fail_law(ControlLawError(f"the {MODES[self.mode]} law produced a non-finite torque; ramping down"))
-        schedule.publish(now)
         if flags & 2:
             self.session_finished = True  # motion_finished was written
         if from_guardian:

@@ -133,7 +133,7 @@ class Controller:
         self._buf = robot.state_buffer(dtau_max=np.full(7, rate), margin=margin, stiffness=stiffness,
                                        damping=damping)
         self._kernel = self._buf.kernel
-        self._schedule = Schedule(learn_margin=wait == "timerfd")
+        self._schedule = Schedule(self._kernel, learn_margin=wait == "timerfd")
         self._cycle = Cycle(robot, self._buf, self.commands, self._schedule, mode=mode_index, wait_mode=wait,
                             rescue=rescue_on, rescue_state=rescue_state, stop_ramp=stop_ramp)
         self._task: asyncio.Task | None = None

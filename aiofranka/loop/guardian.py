@@ -1,10 +1,11 @@
-"""The guardian thread: it watches the loop's deadlines and serves the cycles the loop misses.
+"""The guardian thread: it names what blocked the loop and serves the cycles the loop misses.
 
-It sleeps, GIL released, until a published deadline plus a threshold; an
-unclaimed cycle then means the event loop is blocked: it names the culprit
-(the event-loop thread's current frame), and with takeover serves cycles
-itself through the :class:`~aiofranka.loop._cycle.Cycle` until the loop is
-back. See docs/guardian.md.
+The deadlines are watched in C (the kernel's watch thread, which never takes
+the GIL); the guardian sleeps on an eventfd until the watch reports a due
+cycle left unclaimed past the threshold. The event loop is then blocked: it
+names the culprit (the event-loop thread's current frame), and with takeover
+serves cycles itself through the :class:`~aiofranka.loop._cycle.Cycle` until
+the loop is back. See docs/guardian.md.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def describe_thread(thread_id: int, loop: asyncio.AbstractEventLoop | None = Non
 
 
 class Guardian(threading.Thread):
-    """Watches the deadlines the ``schedule`` publishes and serves the ``cycle`` when the loop misses one.
+    """Serves the ``cycle`` when the loop misses one, woken by the kernel's watch of the ``schedule``.
 
     ``threshold_ns`` is how late a claim may be before it counts as a stall.
     """
@@ -147,12 +148,40 @@ class Guardian(threading.Thread):
         self._stop_after_ns = stop_after_ns
         self.takeovers = 0
         self.longest_takeover_ms = 0.0
+        #: Times the watch woke this thread (each report of an unclaimed cycle, and stop()).
+        self.wakeups = 0
         self._state_poll = None
+        # The eventfd the watch thread writes; closed (under _fd_lock) once
+        # the watch thread is stopped, by whichever of run() and stop() ends last.
+        self._wake_fd = -1
+        self._fd_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the kernel's watch thread, then this one."""
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            self._cycle.start_watch(self._threshold_ns, self._wake_fd, self._rt_priority)
+            super().start()
+        except BaseException:
+            self._release()
+            raise
 
     def stop(self) -> None:
         self._stop_event.set()
+        with self._fd_lock:
+            if self._wake_fd >= 0:
+                os.eventfd_write(self._wake_fd, 1)
         if self.is_alive() and threading.current_thread() is not self:
             self.join(2.0)
+        if not self.is_alive():
+            self._release()
+
+    def _release(self) -> None:
+        with self._fd_lock:
+            self._cycle.stop_watch()  # it writes the descriptor no more
+            if self._wake_fd >= 0:
+                os.close(self._wake_fd)
+                self._wake_fd = -1
 
     def _set_priority(self) -> None:
         try:
@@ -164,10 +193,15 @@ class Guardian(threading.Thread):
             pass
 
     def run(self) -> None:
+        try:
+            self._guard()
+        finally:
+            self._release()
+
+    def _guard(self) -> None:
         self._set_priority()
         c, sch = self._cycle, self._schedule
         stopped = self._stop_event.is_set
-        threshold = self._threshold_ns
         monotonic_ns = time.monotonic_ns
         sleep = time.sleep
         state_poll = None
@@ -175,31 +209,20 @@ class Guardian(threading.Thread):
             state_poll = select.poll()
             state_poll.register(c.state_fd, select.POLLIN)
         self._state_poll = state_poll
-        waits_on_socket = c.wait_mode == "socket"
+        wake = select.poll()
+        wake.register(self._wake_fd, select.POLLIN)
         while not stopped() and c.guard_running:
-            if c.session_finished:
-                sleep(0.001)  # nothing left to serve; the loop winds down and stops us
+            # GIL released until the watch reports (or stop()); the timeout
+            # only bounds how long a missed stop could go unnoticed.
+            if not wake.poll(1000):
                 continue
+            os.eventfd_read(self._wake_fd)
+            self.wakeups += 1
+            if stopped():
+                break
             epoch, due = sch.due
-            now = monotonic_ns()
-            if sch.claimed_epoch >= epoch:
-                # Claimed: sleep until the next cycle's deadline, well after the
-                # loop normally serves it, so we do not compete for the GIL then.
-                sleep(max(100_000, due + sch.period_est_ns + threshold - now) / 1e9)
-                continue
-            deadline = due + threshold
-            if now < deadline:
-                sleep((deadline - now) / 1e9)
-                continue
-            if waits_on_socket:
-                # Waking on the packet itself: a stall is a state left waiting,
-                # unclaimed, for longer than the threshold.
-                if not state_poll.poll(0):
-                    sleep(0.0001)  # the state itself is late, not the loop
-                    continue
-                sleep(threshold / 1e9)
-                if sch.claimed_epoch >= epoch:
-                    continue
+            if c.session_finished or sch.stalled_epoch != epoch or sch.claimed_epoch >= epoch:
+                continue  # the loop claimed it after all, a report already handled, or nothing left to serve
             # Past the deadline and still unclaimed: the event loop is blocked.
             culprit = describe_thread(self._loop_thread_id, self._loop)
             if self._takeover and c.has_control:
