@@ -78,7 +78,8 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     * ``"cubic"``: a C1 path through every waypoint (cubic Hermite, tangents
       from the neighbouring waypoints, zero at the last one); at the start it
       leaves ``current`` with ``current_velocity`` (per second) and joins the
-      chunk's path within one step, position and velocity continuous. The
+      chunk's path within one and a half steps (at the steepest, as fast as
+      a straight join in one step), position and velocity continuous. The
       velocities are the path's own: continuous, safe to feed forward.
     * ``"linear"``: straight between waypoints, the difference to ``current``
       faded linearly over one step; continuous positions, velocities zero (a
@@ -125,7 +126,9 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     per_step = period_ms / 1000.0  # seconds per step
     v0 = np.zeros_like(current) if current_velocity is None else np.asarray(current_velocity, dtype=float) * per_step
     offset, offset_slope = current - path[0], v0 - slope[0]
-    length = join_steps(np.abs(offset).max(), join_speed, period_ms)
+    # At least 1.5 steps: the blend's steepest slope is 1.5 times its mean, so the
+    # join never moves faster than a straight line would close the offset in one step.
+    length = max(1.5, join_steps(np.abs(offset).max(), join_speed, period_ms))
     u = np.clip((x - x_start) / length, 0.0, 1.0)
     inside = (x - x_start) < length
     g00, g10, _, _ = _hermite(u)
