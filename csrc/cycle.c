@@ -145,6 +145,14 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
      * thread can run: a thread holding it while it waits for the GIL would
      * lock the rescue thread out. A rescue cycle holds it for microseconds. */
     while (!lock_try(self)) sched_yield();
+    if (atomic_load(&self->r_error_kind)) {
+        /* The rescue thread met libfranka's error while we waited for the lock:
+         * after a reflex only one Move response comes, so a second readOnce
+         * would wait for it forever. */
+        lock_release(self);
+        for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
+        return rescue_raise(self);
+    }
     if (atomic_load(&self->rescued_last) && self->r_fd >= 0 && !state_waiting(self->r_fd, 0)) {
         /* The rescue thread served the state that woke us: nothing to read. */
         lock_release(self);
@@ -164,7 +172,7 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     long long t_call = now_ns();
     PyObject *pair = PyObject_CallMethodNoArgs(ctl, s_readOnce);
-    if (!pair) goto fail_locked;
+    if (!pair) goto fail_libfranka;
     long long t_read = now_ns();
     PyObject *state = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) > 0 ? PyTuple_GET_ITEM(pair, 0) : pair;
     Py_INCREF(state);
@@ -204,7 +212,10 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     long long t_write = now_ns();
     PyObject *ok = PyObject_CallMethodOneArg(ctl, s_writeOnce, command);
     Py_DECREF(command);
-    if (!ok) goto fail_state;
+    if (!ok) {
+        Py_DECREF(state);
+        goto fail_libfranka;
+    }
     Py_DECREF(ok);
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     long long time_ms = llround(sec * 1000.0);
@@ -218,6 +229,12 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     int flags = (finite ? 0 : 1) | (finished ? 2 : 0);
     return Py_BuildValue("(NLdLLLi)", state, time_ms, success, t_call, t_read, t_write, flags);
 
+fail_libfranka:
+    /* libfranka failed (a reflex, a lost connection): the session is over.
+     * The rescue thread must not read again: it would wait forever for the
+     * Move response this thread already consumed. */
+    atomic_store(&self->finished, 1);
+    goto fail_locked;
 fail_state:
     Py_DECREF(state);
 fail_locked:
