@@ -349,7 +349,7 @@ class PolicyProfile:
             if h.error:
                 lines.append(f"{name:<12}  failed: {h.error}")
                 continue
-            cells = "".join(f"{s.p50_ms:>8.3f}/{s.p95_ms:>7.3f}/{s.p99_ms:>7.3f}" if (s := h.stages.get(c)) else
+            cells = "".join(f"{f'{s.p50_ms:.3f}/{s.p95_ms:.3f}/{s.p99_ms:.3f}':>24}" if (s := h.stages.get(c)) else
                             f"{'-':>24}" for c in columns)
             lines.append(f"{name:<12}{cells}{h.lost_cycles:>7d}{h.guardian_cycles:>10d}")
         for name, h in self.helpers.items():
