@@ -17,15 +17,15 @@ import json
 import os
 import shutil
 import threading
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..exceptions import MissingDependencyError
 from .contract import Action, Command, Frame
+from .replay import ReplayPolicy, ReplayReport, actions_by_step, replay
 
 __all__ = ["CODEBASE_VERSION", "Episode", "EpisodeStats", "EpisodeWriter", "ReplayPolicy", "ReplayReport",
            "actions_by_step", "load_episode", "read_info", "replay"]
@@ -67,6 +67,11 @@ class EpisodeStats:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def table(self) -> str:
+        return (f"episodes written  {self.episodes}\nframes written    {self.frames}\n"
+                f"steps dropped     {self.dropped} (queue full)\nqueue high-water  {self.max_queued} of "
+                f"{self.queue_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +167,7 @@ class EpisodeWriter:
     the step), ``aiofranka.robot_time_ms``, and LeRobot's ``timestamp`` (step / fps),
     ``frame_index``, ``episode_index``, ``index``, ``task_index``. The layout is fixed by
     the first step; a later step with other keys or shapes raises ``ValueError``.
+    ``progress`` shows a tqdm counter of the frames written (and dropped) on stderr.
 
     Example::
 
@@ -174,7 +180,7 @@ class EpisodeWriter:
 
     def __init__(self, root, *, fps: float, task: str = "", robot_type: str = "franka_fr3",
                  queue_size: int = 256, state_keys: Sequence[str] | None = None, overwrite: bool = False,
-                 png_compression: int = 1, rows_per_write: int = 64) -> None:
+                 png_compression: int = 1, rows_per_write: int = 64, progress: bool = False) -> None:
         self._pa, self._pq, self._image = _require()
         if not (isinstance(fps, (int, float)) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps!r}")
@@ -214,6 +220,11 @@ class EpisodeWriter:
         self._tasks: list[str] = []
         self._frames = 0
         self._totals: dict[str, _Running] = {}
+        self._bar = None
+        if progress:  # updated by the writer thread, as rows reach the file
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=f"recording {self.root.name}", unit="frame")
         self._thread = threading.Thread(target=self._run, name="aiofranka-episodes", daemon=True)
         self._thread.start()
 
@@ -334,6 +345,8 @@ class EpisodeWriter:
         return True
 
     def _report(self) -> EpisodeStats:
+        if self._bar is not None:
+            self._bar.close()
         if self._dropped and not self._reported:
             self._reported = True
             warnings.warn(f"EpisodeWriter: {self._dropped} steps were dropped because the queue "
@@ -559,6 +572,9 @@ class _EpisodeFile:
             self._parquet = pq.ParquetWriter(str(self.partial), self._schema, compression="snappy")
         self._parquet.write_table(table)
         self.count += n
+        if self.writer._bar is not None:
+            self.writer._bar.update(n)
+            self.writer._bar.set_postfix(dropped=self.writer._dropped, refresh=False)
         for feature, values in (("observation.state", state), ("action", action),
                                 ("aiofranka.robot_time_ms", np.array([[r[3]] for r in rows])),
                                 ("aiofranka.step_index", np.array([[r[5]] for r in rows])),
@@ -650,109 +666,3 @@ def load_episode(root, index: int = 0, *, images: bool = False) -> Episode:
                    complete=bool(row.get("aiofranka/complete", True)),
                    dropped_steps=int(row.get("aiofranka/dropped_steps", 0)), task=row["tasks"][0] if row["tasks"] else "",
                    fps=float(info["fps"]))
-
-
-# -- replay -----------------------------------------------------------------------------------------------
-
-
-class ReplayPolicy:
-    """A policy that answers with the recorded actions: ``actions[request.request_step:]``, ``chunk`` of them.
-
-    Past the end it repeats the last action (the arm holds). Use it as ``act_src_fn``.
-    """
-
-    def __init__(self, actions: Sequence[Action], *, chunk: int = 20) -> None:
-        if not actions:
-            raise ValueError("actions must not be empty")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
-        self.actions = list(actions)
-        self.chunk = chunk
-        self.calls = 0
-
-    def __call__(self, frame, request) -> list[Action]:
-        self.calls += 1
-        start = min(request.request_step, len(self.actions) - 1)
-        out = self.actions[start:start + self.chunk]
-        return out + [self.actions[-1]] * (self.chunk - len(out))
-
-
-def actions_by_step(episode: Episode) -> list[Action]:
-    """The recorded action for every runtime step from 0 to the last one recorded (the newest row for a step;
-    a step with no row repeats the one before, the first ones take the first action)."""
-    by_step: dict[int, Action] = {}
-    for index, action in zip(episode.step_index.tolist(), episode.actions):
-        if index >= 0:
-            by_step[index] = action
-    if not by_step:
-        return list(episode.actions)
-    out, last = [], episode.actions[0]
-    for step in range(max(by_step) + 1):
-        last = by_step.get(step, last)
-        out.append(last)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplayReport:
-    """The replayed against the recorded joint trajectory, step by step: per-joint ``rms`` and ``max``
-    absolute difference (rad) over ``steps`` steps; ``max_abs`` the largest of all."""
-
-    steps: int
-    rms: np.ndarray
-    max: np.ndarray
-    replayed_q: np.ndarray
-    recorded_q: np.ndarray
-
-    @property
-    def max_abs(self) -> float:
-        return float(self.max.max())
-
-    def table(self) -> str:
-        head = "joint      " + " ".join(f"{j + 1:>8d}" for j in range(len(self.rms)))
-        rms = "rms (mrad) " + " ".join(f"{1e3 * v:8.2f}" for v in self.rms)
-        top = "max (mrad) " + " ".join(f"{1e3 * v:8.2f}" for v in self.max)
-        return f"replay of {self.steps} steps, replayed - recorded joints\n{head}\n{rms}\n{top}"
-
-
-async def replay(episode: Episode, controller, *, chunk: int = 20, runtime_options: dict | None = None,
-                 move_first: bool = True, progress: bool = False) -> ReplayReport:
-    """Play ``episode``'s actions on ``controller`` through the policy runtime and compare the joints.
-
-    Moves to the first recorded ``q`` first (``move_first``), then runs one
-    :func:`~aiofranka.policy.run_step` per recorded step with the built-in Controller
-    observer and executor and a :class:`ReplayPolicy` (ASYNC, as recorded: the action for
-    step k is executed at step k). Needs ``state["q"]`` in the episode.
-    """
-    from .execution import ControllerExecutor, ControllerObserver
-    from .runtime import InferenceMode, InferenceRuntime, run_step
-
-    if "q" not in episode.state:
-        raise ValueError(f"replay compares joints: the episode must have state 'q' (it has {sorted(episode.state)})")
-    recorded = np.asarray(episode.state["q"], dtype=np.float64)
-    if move_first:
-        await controller.move(recorded[0])
-    options = {"mode": InferenceMode.ASYNC, "control_hz": episode.fps, "warmup_requests": 0,
-               "profile_delay_requests": 1, "steps_before_request": max(0, chunk // 4)}
-    options.update(runtime_options or {})
-    runtime = InferenceRuntime(**options)
-    observer, executor = ControllerObserver(controller), ControllerExecutor(controller)
-    policy = ReplayPolicy(actions_by_step(episode), chunk=chunk)
-    rows = episode.frame_index.astype(np.int64) - int(episode.frame_index[0])  # a dropped step leaves a gap
-    replayed = []
-    steps = range(int(rows[-1]) + 1)
-    if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="replay", unit="step")
-    try:
-        for _ in steps:
-            result = await run_step(observe_fn=observer, act_fn=executor, act_src_fn=policy, runtime=runtime)
-            replayed.append(np.asarray(result.frame.state["q"], dtype=np.float64))
-    finally:
-        runtime.close()
-        controller.stop_playing()
-    replayed_q = np.stack(replayed)[rows]  # compared where a recorded step exists
-    difference = replayed_q - recorded
-    return ReplayReport(steps=len(replayed_q), rms=np.sqrt((difference ** 2).mean(0)),
-                        max=np.abs(difference).max(0), replayed_q=replayed_q, recorded_q=recorded)

@@ -17,7 +17,7 @@ import hashlib
 import random
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
