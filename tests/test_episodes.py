@@ -132,3 +132,22 @@ def test_actions_by_step_follows_the_step_each_row_names(tmp_path):
     episode = load_episode(tmp_path / "ds", 0)
     values = [float(a["arm"].value[0]) for a in actions_by_step(episode)]
     assert values == pytest.approx([0.1, 0.2, 0.2, 0.4, 0.5])
+
+
+def test_a_writer_never_closed_writes_its_episode_at_exit(tmp_path):
+    """The interpreter exits with the writer open (no close, no with): the episode is on disk, marked incomplete."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "ds"
+    code = ("import numpy as np\n"
+            "from aiofranka.policy import Action, Command, Frame\n"
+            "from aiofranka.policy.episodes import EpisodeWriter\n"
+            f"writer = EpisodeWriter({str(root)!r}, fps=30)\n"
+            "for k in range(5):\n"
+            "    writer.add(Frame(state={'q': np.full(7, k)}), Action({'arm': Command('joint_position', np.zeros(7))}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    episode = load_episode(root, 0)
+    assert len(episode) == 5 and not episode.complete
+    assert read_info(root)["fps"] == 30 and isinstance(read_info(root)["fps"], int)

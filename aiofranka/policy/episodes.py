@@ -10,7 +10,9 @@ extra (pyarrow, pillow). Guide: docs/episodes.md.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import contextlib
 import dataclasses
 import io
 import json
@@ -194,7 +196,7 @@ class EpisodeWriter:
                 raise FileExistsError(f"root {str(self.root)!r} exists and is not empty (pass overwrite=True)")
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.fps = fps
+        self.fps = int(fps) if float(fps).is_integer() else float(fps)  # LeRobot's fps is an int
         self.task = task
         self.robot_type = robot_type
         self.queue_size = queue_size
@@ -227,6 +229,8 @@ class EpisodeWriter:
             self._bar = tqdm(desc=f"recording {self.root.name}", unit="frame")
         self._thread = threading.Thread(target=self._run, name="aiofranka-episodes", daemon=True)
         self._thread.start()
+        # A writer never closed still writes its open episode (marked incomplete) when the interpreter exits.
+        atexit.register(self._close_at_exit)
 
     # -- the caller's side (the event loop): never blocks -----------------------------------
 
@@ -334,9 +338,14 @@ class EpisodeWriter:
             await asyncio.to_thread(self._thread.join)
         return self._report()
 
+    def _close_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close(complete=False)
+
     def _signal_close(self, complete: bool | None) -> bool:
         if self._closed:
             return False
+        atexit.unregister(self._close_at_exit)
         self._end(bool(complete))
         self._closed = True
         with self._cond:
