@@ -376,10 +376,10 @@ def _recommend(helpers: dict) -> tuple[str | None, str]:
     offloaded = {n: h for n, h in clean.items() if n != "inline"}
     if not offloaded:
         return "inline", "no other helper was profiled"
-    name = min(offloaded, key=lambda n: (offloaded[n].guardian_cycles > 0, offloaded[n].stages["round_trip"].p99_ms))
+    name = min(offloaded, key=lambda n: offloaded[n].stages["round_trip"].p99_ms)
     h = offloaded[name]
-    return name, (f"the lowest p99 round trip ({h.stages['round_trip'].p99_ms:.3f} ms) of the helpers that lost "
-                  f"no cycle" + ("" if h.guardian_cycles == 0 else ", though the guardian served some"))
+    lost = "" if h.lost_cycles == 0 else f", though it lost {h.lost_cycles} cycles"
+    return name, f"the lowest p99 round trip of the offloaded helpers ({h.stages['round_trip'].p99_ms:.3f} ms){lost}"
 
 
 async def profile(policy, sample_frame: Frame | None = None, *, helpers: Iterable[str] = HELPERS,
