@@ -94,3 +94,20 @@ async def test_bad_arguments_name_the_parameter(make_policy):
         load_factory("no_colon_here")
     with pytest.raises(ValueError, match="has no"):
         load_factory(f"{EXAMPLE}:missing")
+
+
+def test_the_recommendation_prefers_inline_only_under_the_stall_threshold_and_no_lost_cycle():
+    from aiofranka.policy.profiling import HelperProfile, StageTimes, _recommend
+
+    def helper(name, round_trip_ms, lost=0, error=None):
+        return HelperProfile(name, {"round_trip": StageTimes.of([round_trip_ms * 1e6] * 3)}, lost, 0, None, error)
+
+    slow_inline = {"inline": helper("inline", 0.7), "asyncify": helper("asyncify", 1.4),
+                   "cuda_thread": helper("cuda_thread", 1.0), "mpify": helper("mpify", 2.3)}
+    assert _recommend(slow_inline)[0] == "cuda_thread"
+    assert _recommend({"inline": helper("inline", 0.1), "mpify": helper("mpify", 2.3)})[0] == "inline"
+    # A fast inline call that cost the loop cycles is not recommended; a failed helper never is.
+    assert _recommend({"inline": helper("inline", 0.1, lost=3), "mpify": helper("mpify", 2.3)})[0] == "mpify"
+    assert _recommend({"cuda_thread": helper("cuda_thread", 0.5, error="no CUDA"),
+                       "mpify": helper("mpify", 2.3)})[0] == "mpify"
+    assert _recommend({"mpify": helper("mpify", 2.3, error="x")}) == (None, "every helper failed")
