@@ -1,4 +1,4 @@
-"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo`` and ``aiofranka check``."""
+"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo``, ``aiofranka check`` and ``aiofranka profile``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,42 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if args.strict and report.late_period else 0
 
 
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a plain word stays a string
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .policy.profiling import HELPERS, load_factory, profile
+
+    helpers = tuple(h.strip() for h in args.helpers.split(",") if h.strip())
+    if not helpers or any(h not in HELPERS for h in helpers):
+        print(f"--helpers must be a comma-separated selection of {','.join(HELPERS)}, got {args.helpers!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        factory = load_factory(args.factory)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    policy = factory(*[_literal(a) for a in args.args])
+    sample = getattr(policy, "sample_frame", None)
+    try:
+        result = asyncio.run(profile(policy, sample() if callable(sample) else None, helpers=helpers,
+                                     iterations=args.iterations, warmup=args.warmup,
+                                     rate_hz=None if args.rate == 0 else args.rate, trace_path=args.trace,
+                                     decimals=args.decimals, progress=not args.no_progress))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(result.table())
+    return 0 if result.recommended is not None else 1
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -124,6 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--strict", action="store_true",
                        help="exit 1 if any wake-up was more than a period late")
     check.set_defaults(func=_check)
+
+    prof = sub.add_parser("profile", help="time a policy's stages through each offload helper beside the loop "
+                                          "(embedded simulator), fingerprint it and recommend a helper")
+    prof.add_argument("factory", help="module:factory or path/to/file.py:factory returning the policy")
+    prof.add_argument("args", nargs="*", help="arguments for the factory (Python literals, else strings)")
+    prof.add_argument("--iterations", type=int, default=30, help="timed calls per helper (default 30)")
+    prof.add_argument("--warmup", type=int, default=3, help="untimed calls per helper first (default 3)")
+    prof.add_argument("--rate", type=float, default=30.0, help="calls per second, 0: back to back (default 30)")
+    prof.add_argument("--helpers", default="inline,asyncify,cuda_thread,mpify",
+                      help="comma-separated helpers (default: inline,asyncify,cuda_thread,mpify)")
+    prof.add_argument("--trace", default=None, metavar="PATH", help="also write a torch profiler chrome trace")
+    prof.add_argument("--decimals", type=int, default=6, help="rounding of the outputs in the fingerprint")
+    prof.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prof.set_defaults(func=_profile)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -58,6 +58,11 @@ class StepResult:
     ``plan_refreshed``: a chunk was integrated during the step. ``step``: steps
     executed after it. ``starved``: nothing was left to execute (the last
     target was held). ``control_wait_s``: time spent waiting for the next tick.
+    ``step_action``: the policy's action for the step this one executes (with the
+    Controller executor, the waypoint the arm heads for during it, where
+    ``raw_action`` is the last one reached; otherwise ``raw_action``); the last
+    one again when starved; ``step_index``: the step it is for (-1: none yet).
+    Episode recording keeps both (docs/episodes.md).
     """
 
     frame: Frame
@@ -67,6 +72,8 @@ class StepResult:
     step: int
     starved: bool
     control_wait_s: float
+    step_action: Action | None = None
+    step_index: int = -1
 
 
 def _mode(mode) -> InferenceMode:
@@ -441,11 +448,12 @@ class InferenceRuntime:
                     s.cancel_request()
                     raise
                 refreshed |= await self._integrate(reply, executor) is not None
-        raw, action, starved = await self._execute(act_fn, executor, execute_action)
+        raw, action, starved, heading, index = await self._execute(act_fn, executor, execute_action)
         self._steps += 1
         waited = await self._pace(step_start, executor) if pace_control else 0.0
         return StepResult(frame=frame, raw_action=raw, action=action, plan_refreshed=refreshed, step=s.executed,
-                          starved=starved, control_wait_s=waited)
+                          starved=starved, control_wait_s=waited, step_action=heading,
+                          step_index=index)
 
     async def _execute(self, act_fn, executor, execute_action: bool):
         s = self._scheduler
@@ -457,9 +465,13 @@ class InferenceRuntime:
             if starved:
                 s.count_starved()
             self._held_seen = held
+            index, heading = s.executed, s.action_for(s.executed)
+            if heading is None:
+                index, heading = s.executed - 1, raw
         else:
             raw = s.pop()
             starved = raw is None
+            index, heading = s.executed - 1, raw if raw is not None else s.last_executed
         action = raw
         target = raw if raw is not None else s.last_executed
         if execute_action and act_fn is not None and (target is not None or executor is not None):
@@ -471,7 +483,7 @@ class InferenceRuntime:
                 raise _wrap("act_fn", exc) from exc
             if isinstance(returned, Action):
                 action = returned
-        return raw, action, starved
+        return raw, action, starved, heading, index
 
     # -- the sync twin ----------------------------------------------------------------------------------
 
@@ -531,7 +543,8 @@ class InferenceRuntime:
                     time.sleep(left)
                 waited += time.perf_counter() - begun
         return StepResult(frame=frame, raw_action=raw, action=action, plan_refreshed=refreshed, step=s.executed,
-                          starved=raw is None, control_wait_s=waited)
+                          starved=raw is None, control_wait_s=waited,
+                          step_action=raw if raw is not None else s.last_executed, step_index=s.executed - 1)
 
     def _observe_sync(self, observe_fn, frame) -> Frame:
         if frame is not None:
@@ -671,7 +684,7 @@ async def run_step(*, observe_fn=None, act_fn=None, act_src_fn=None, runtime: In
         if isinstance(returned, Action):
             action = returned
     return StepResult(frame=frame, raw_action=raw, action=action, plan_refreshed=True, step=1, starved=False,
-                      control_wait_s=0.0)
+                      control_wait_s=0.0, step_action=raw, step_index=0)
 
 
 def run_step_sync(*, observe_fn=None, act_fn=None, act_src_fn=None, runtime: InferenceRuntime | None = None,
@@ -700,4 +713,4 @@ def run_step_sync(*, observe_fn=None, act_fn=None, act_src_fn=None, runtime: Inf
         if isinstance(returned, Action):
             action = returned
     return StepResult(frame=frame, raw_action=raw, action=action, plan_refreshed=True, step=1, starved=False,
-                      control_wait_s=0.0)
+                      control_wait_s=0.0, step_action=raw, step_index=0)
