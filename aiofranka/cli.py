@@ -1,4 +1,4 @@
-"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo`` and ``aiofranka check``."""
+"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo``, ``aiofranka check`` and ``aiofranka serve``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,62 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if args.strict and report.late_period else 0
 
 
+def _factory_arguments(items: list[str]) -> tuple[list, dict]:
+    """``VALUE`` and ``NAME=VALUE`` words as positional and keyword arguments (Python literals, else strings)."""
+    import ast
+
+    def value(text: str):
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    args: list = []
+    kwargs: dict = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if sep and name.isidentifier():
+            kwargs[name] = value(rest)
+        else:
+            args.append(value(item))
+    return args, kwargs
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from .remote._protocol import check_listen_security
+    from .remote.server import load_factory, serve_policy
+
+    token = args.token
+    if args.token_file is not None:
+        with open(args.token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    if token is None:
+        token = os.environ.get("AIOFRANKA_TOKEN") or None
+    try:
+        check_listen_security(args.host, token=token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                              insecure=args.insecure)  # before the (maybe slow) model loads
+        factory = load_factory(args.factory)
+        positional, keywords = _factory_arguments(args.args)
+        server = serve_policy(factory, *positional, host=args.host, port=args.port, token=token,
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, insecure=args.insecure,
+                              max_workers=args.workers, **keywords)
+    except (ValueError, ImportError) as exc:
+        print(f"aiofranka serve: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    print(f"aiofranka serve: {args.factory} on {server.address} "
+          f"({'TLS' if server.secure else 'plaintext'}, {'token' if token else 'no token'})", flush=True)
+    stop.wait()
+    server.stop(grace=1.0)
+    return 0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -124,6 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--strict", action="store_true",
                        help="exit 1 if any wake-up was more than a period late")
     check.set_defaults(func=_check)
+
+    serve = sub.add_parser("serve", help="host a policy for connect_policy() over gRPC (docs/remote.md)")
+    serve.add_argument("factory", help="module:name or file.py:name of a callable that builds the policy")
+    serve.add_argument("args", nargs="*", metavar="ARG",
+                       help="arguments for the factory: VALUE or NAME=VALUE (Python literals, else strings)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; beyond loopback TLS and a token are required)")
+    serve.add_argument("--port", type=int, default=50051, help="port to listen on (default 50051; 0: a free one)")
+    serve.add_argument("--token-file", default=None, metavar="FILE",
+                       help="file holding the shared token (else $AIOFRANKA_TOKEN)")
+    serve.add_argument("--token", default=None, help="the shared token (visible to other users in ps: prefer a file)")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate (chain) for TLS")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback host without TLS and token (a network you trust)")
+    serve.add_argument("--workers", type=int, default=8, help="threads receiving calls (default 8)")
+    serve.set_defaults(func=_serve)
 
     args = parser.parse_args(argv)
     return args.func(args)

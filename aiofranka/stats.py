@@ -320,7 +320,9 @@ class PolicyStats:
     * ``latency_steps``: the latency estimate in control steps (NaN before one is known);
       ``latency``: the policy calls' durations, as a :class:`Summary` (µs);
     * ``chunk_len``: the locked chunk length (0 before the first chunk);
-    * ``in_flight``: a request is awaited.
+    * ``in_flight``: a request is awaited;
+    * ``missed_replies``: policy calls that raised a missed-reply error (a remote server
+      unavailable or past the deadline); the runtime carried on, the arm holding.
     """
 
     steps: int
@@ -337,6 +339,7 @@ class PolicyStats:
     latency: Summary
     chunk_len: int
     in_flight: bool
+    missed_replies: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -211,18 +211,23 @@ def serve_policy(factory: Callable[..., Any], /, *args: Any, host: str = "127.0.
     servicer = _Servicer(target)
     interceptors = [_TokenCheck(token)] if token is not None else []
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="aiofranka-serve"),
-                         interceptors=interceptors, options=channel_options(max_message_bytes))
+                         interceptors=interceptors,
+                         # no SO_REUSEPORT: a second server on a taken port must fail, not share it
+                         options=channel_options(max_message_bytes) + [("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         SERVICE, {"Call": grpc.unary_unary_rpc_method_handler(servicer.call)})])
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if credentials_pair is not None:
-        bound = server.add_secure_port(bind, grpc.ssl_server_credentials([credentials_pair]))
-    else:
-        bound = server.add_insecure_port(bind)
+    try:
+        if credentials_pair is not None:
+            bound = server.add_secure_port(bind, grpc.ssl_server_credentials([credentials_pair]))
+        else:
+            bound = server.add_insecure_port(bind)
+    except RuntimeError:  # grpcio raises this when the port is taken
+        bound = 0
     if not bound:
-        raise OSError(f"cannot listen on {bind}")
+        raise OSError(f"cannot listen on {bind} (the port is taken or the address is not this host's)")
     server.start()
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
