@@ -41,11 +41,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``aiofranka serve _remote_policies:Echo`` in a child process; started when its line is printed."""
+    """``aiofranka serve FACTORY ARGS`` in a child process; started when it prints its line."""
 
-    def __init__(self, port: int, *extra: str, token: str | None = TOKEN) -> None:
+    def __init__(self, port: int, *extra: str, factory: str = "_remote_policies:Echo", args: tuple = (),
+                 token: str | None = TOKEN) -> None:
         self.port = port
         self.extra = extra
+        self.factory = factory
+        self.args = args
         self.token = token
         self.process: subprocess.Popen | None = None
 
@@ -55,7 +58,7 @@ class ServerProcess:
         if self.token is not None:
             env["AIOFRANKA_TOKEN"] = self.token
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aiofranka.cli", "serve", "_remote_policies:Echo", "--port", str(self.port),
+            [sys.executable, "-m", "aiofranka.cli", "serve", self.factory, *self.args, "--port", str(self.port),
              *self.extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS)
         deadline = time.monotonic() + timeout
         line = ""
