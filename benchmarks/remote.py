@@ -98,8 +98,8 @@ async def measure(calls: int, block: int) -> dict:
 
     from aiofranka import ampify
     from aiofranka.remote import connect_policy
-    from aiofranka.remote._codec import encode
-    from aiofranka.remote._protocol import HEADER, MAX_MESSAGE_BYTES, OP_CALL, channel_options
+    from aiofranka.remote._codec import encode, encode_call
+    from aiofranka.remote._protocol import HEADER, MAX_MESSAGE_BYTES, channel_options
 
     remote_port, bare_port = _free_port(), _free_port()
     served = _spawn(["-m", "aiofranka.cli", "serve", f"{HERE}:BenchTarget", "--port", str(remote_port)])
@@ -114,7 +114,7 @@ async def measure(calls: int, block: int) -> dict:
         results = {}
         for label, (method, value) in payloads.items():
             # The bare call carries the remote call's exact sizes: its request, and its reply.
-            request_bytes = 1 + len(encode((method, (value,), {})))
+            request_bytes = 1 + len(encode_call(method, (value,), {}))
             reply_bytes = HEADER.size + len(encode(ACTION))
             bare_body = reply_bytes.to_bytes(4, "little") + bytes(request_bytes - 4)
             metadata = (("authorization", "Bearer " + TOKEN),)

@@ -62,9 +62,9 @@ def make_policy() -> ChunkPolicy:
 
 def start_server(token: str) -> tuple[subprocess.Popen, str]:
     """`aiofranka serve` for this file's make_policy on a free loopback port; its address once it serves."""
-    server = subprocess.Popen([sys.executable, "-m", "aiofranka.cli", "serve", f"{os.path.abspath(__file__)}:make_policy",
-                               "--port", "0"], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, AIOFRANKA_TOKEN=token))
+    factory = f"{os.path.abspath(__file__)}:make_policy"
+    server = subprocess.Popen([sys.executable, "-m", "aiofranka.cli", "serve", factory, "--port", "0"],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, AIOFRANKA_TOKEN=token))
     line = server.stdout.readline()  # "aiofranka serve: ... on 127.0.0.1:PORT (...)"
     if not line.startswith("aiofranka serve:"):
         server.kill()

@@ -22,8 +22,8 @@ import pytest
 
 pytest.importorskip("grpc")
 
-from aiofranka import (PolicyCallbackError, RemoteDeadlineExceeded, RemotePolicyAuthError, RemotePolicyError,  # noqa: E402
-                       RemotePolicyUnavailable, RemoteTraceback)
+from aiofranka import (PolicyCallbackError, RemoteDeadlineExceeded, RemotePolicyAuthError,  # noqa: E402
+                       RemotePolicyError, RemotePolicyUnavailable, RemoteTraceback)
 from aiofranka.pacing import FakeClock  # noqa: E402
 from aiofranka.policy import Action, ChunkRequest, Command, Frame  # noqa: E402
 from aiofranka.policy.runtime import InferenceMode, InferenceRuntime, run_step  # noqa: E402
@@ -66,7 +66,8 @@ class ServerProcess:
             line = self.process.stdout.readline()
             if line.startswith("aiofranka serve:"):
                 return self
-        raise AssertionError(f"the server did not start: {line!r} {self.process.stderr.read() if self.process.poll() is not None else ''}")
+        error = self.process.stderr.read() if self.process.poll() is not None else ""
+        raise AssertionError(f"the server did not start: {line!r} {error}")
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -100,6 +101,8 @@ async def test_calls_attributes_and_errors(server):
             await policy.call("__class__")
         with pytest.raises(AttributeError, match="no_such"):
             await policy.no_such()
+        with pytest.raises(TypeError, match=r"echo\(\): args\[0\]\['x'\]: set cannot be sent"):
+            await policy.echo({"x": {1, 2}})
         stats = policy.stats
         assert stats.calls == 6 and stats.round_trip.count == 6
         assert stats.round_trip.p50_us >= stats.inference.p50_us
@@ -380,3 +383,19 @@ async def test_the_sync_runtime_holds_through_a_missed_reply():
                                 runtime=runtime, pace_control=False)
         starved.append(result.starved)
     assert starved == [False, True, False, False] and runtime.stats.missed_replies == 1
+
+
+def test_the_serve_command_reads_its_factory_and_arguments(tmp_path):
+    from aiofranka.cli import _factory_arguments
+    from aiofranka.remote.server import load_factory
+
+    assert _factory_arguments(["1", "gain=2.5", "pick", "[0.1, 0.2]", "a=b=c"]) == \
+        ([1, "pick", [0.1, 0.2]], {"gain": 2.5, "a": "b=c"})
+    script = tmp_path / "my_policy.py"
+    script.write_text("def make_policy(gain=1.0):\n    return {'gain': gain}\n")
+    assert load_factory(f"{script}:make_policy")(gain=3.0) == {"gain": 3.0}
+    assert load_factory("_remote_policies:Echo")().tag == "echo"
+    for spec, message in (("no_colon", "module:name"), (f"{script}:missing", "has no"),
+                          (str(tmp_path / "absent.py") + ":f", "no such file")):
+        with pytest.raises(ValueError, match=message):
+            load_factory(spec)

@@ -17,7 +17,8 @@ import pytest
 pytest.importorskip("grpc")
 torch = pytest.importorskip("torch")
 
-from aiofranka.policy import ControllerExecutor, ControllerObserver, InferenceMode, InferenceRuntime, run_step  # noqa: E402
+from aiofranka.policy import (ControllerExecutor, ControllerObserver, InferenceMode, InferenceRuntime,  # noqa: E402
+                              run_step)
 from aiofranka.policy.execution import commanded_path  # noqa: E402
 from aiofranka.remote import connect_policy  # noqa: E402
 

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["CodecError", "decode", "encode"]
+__all__ = ["CodecError", "decode", "encode", "encode_call"]
 
 _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
@@ -45,6 +45,15 @@ def encode(value) -> bytes:
     """``value`` as bytes; ``TypeError`` naming the path of a value that has no encoding."""
     parts: list = []
     _encode(value, parts, "value", 0)
+    return b"".join(parts)
+
+
+def encode_call(name: str, args: tuple, kwargs: dict) -> bytes:
+    """``(name, args, kwargs)`` as bytes; a ``TypeError`` names the argument (``args[0]['image']``)."""
+    parts: list = [b"t" + _U32.pack(3)]
+    _encode(name, parts, "name", 1)
+    _encode(args, parts, "args", 1)
+    _encode(kwargs, parts, "kwargs", 1)
     return b"".join(parts)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from ..exceptions import (RemoteDeadlineExceeded, RemoteError, RemotePolicyAuthError, RemotePolicyError,
                           RemotePolicyUnavailable, RemoteTraceback)
 from ..stats import RemoteStats, SampleRing
-from ._codec import CodecError, decode, encode
+from ._codec import CodecError, decode, encode_call
 from ._deps import grpc, health_pb2, health_pb2_grpc
 from ._protocol import (CALL_METHOD, HEADER, MAX_MESSAGE_BYTES, OP_CALL, OP_GET, SERVICE, STATUS_RAISED,
                         TOKEN_METADATA_KEY, TOKEN_PREFIX, channel_options, is_loopback, split_target)
@@ -99,7 +99,10 @@ class _Link:
     async def request(self, op: int, name: str, args: tuple, kwargs: dict, deadline: float | None = None):
         if self.closed:
             raise RemotePolicyError(f"remote policy {self.target} is closed; connect again")
-        body = bytes((op,)) + encode((name, args, kwargs))
+        try:
+            body = bytes((op,)) + encode_call(name, args, kwargs)
+        except TypeError as exc:
+            raise TypeError(f"remote policy {self.target}: {name}(): {exc}") from None
         deadline = self.deadline if deadline is None else deadline
         figures = self.figures
         started = time.perf_counter_ns()
