@@ -166,14 +166,21 @@ class RemotePolicy:
     for :func:`~aiofranka.policy.run_step` as it stands::
 
         import asyncio
-        from aiofranka.remote import connect_policy
+        import numpy as np
+        from aiofranka.remote import connect_policy, serve_policy
 
-        async def main():
-            async with await connect_policy("127.0.0.1:50051", deadline=0.5) as policy:
-                print(await policy.infer(frame, request))   # runs on the server
-                print(policy.stats.round_trip)              # p50 / p99 of the round trips
+        class Policy:
+            def infer(self, q):
+                return q + 0.01
 
-        asyncio.run(main())
+        async def main(address):
+            async with await connect_policy(address, deadline=0.5) as policy:
+                print(await policy.infer(np.zeros(7)))   # runs on the server
+                print(policy.stats.round_trip)           # p50 / p99 of the round trips
+
+        server = serve_policy(Policy)   # here for the example; usually `aiofranka serve` elsewhere
+        asyncio.run(main(server.address))
+        server.stop()
 
     Every call has a deadline (``deadline`` of :func:`connect_policy`, or :meth:`call_with_deadline`);
     past it the RPC is cancelled and :class:`~aiofranka.exceptions.RemoteDeadlineExceeded` raised.
