@@ -43,7 +43,8 @@ async def test_a_remote_torch_policy_drives_the_arm_for_20_s(controller):
     q_center = controller.state.q
     server = await serve("_remote_policies:make_act_like", q_center, free_port())
     try:
-        async with await connect_policy(server.target, deadline=1.0, connect_timeout=30.0) as policy:
+        # 2 s: far above this model's calls (p50 2 ms, worst 70 ms measured here), so a loaded host is no miss.
+        async with await connect_policy(server.target, deadline=2.0, connect_timeout=30.0) as policy:
             runtime = InferenceRuntime(mode=InferenceMode.ASYNC, control_hz=HZ, warmup_requests=2,
                                        profile_delay_requests=3)
             observer, executor = ControllerObserver(controller), ControllerExecutor(controller)
@@ -90,10 +91,11 @@ async def test_the_arm_holds_while_the_server_is_gone_and_resumes_when_it_is_bac
         await steps(int(2 * HZ))
         await asyncio.to_thread(server.kill)  # SIGKILL, mid-run
         killed = runtime.stats
-        start = time.monotonic()
+        start_ms = controller.time_ms
         await steps(int(2 * HZ))  # two seconds with nobody serving: every request fails at once
         away = runtime.stats
-        assert time.monotonic() - start < 4.0, "the steps waited on the dead server"
+        # On the robot clock (it slows with a slow simulator): 2 s of steps, not 60 waits of 0.5 s.
+        assert controller.time_ms - start_ms < 4000, "the steps waited on the dead server"
         await asyncio.to_thread(server.start)  # a new server on the same port
         deadline = time.monotonic() + 20.0
         while runtime.stats.integrated <= away.integrated:
