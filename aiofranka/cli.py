@@ -1,4 +1,4 @@
-"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo``, ``aiofranka check`` and ``aiofranka profile``."""
+"""The ``aiofranka`` command: ``sim``, ``demo``, ``check``, ``profile`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -67,17 +67,9 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if args.strict and report.late_period else 0
 
 
-def _literal(text: str):
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a plain word stays a string
-
-
 def _profile(args: argparse.Namespace) -> int:
-    from .policy.profiling import HELPERS, load_factory, profile
+    from ._factory import factory_arguments, load_factory
+    from .policy.profiling import HELPERS, profile
 
     helpers = tuple(h.strip() for h in args.helpers.split(",") if h.strip())
     if not helpers or any(h not in HELPERS for h in helpers):
@@ -89,7 +81,8 @@ def _profile(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    policy = factory(*[_literal(a) for a in args.args])
+    positional, keywords = factory_arguments(args.args)
+    policy = factory(*positional, **keywords)
     sample = getattr(policy, "sample_frame", None)
     try:
         result = asyncio.run(profile(policy, sample() if callable(sample) else None, helpers=helpers,
@@ -101,6 +94,42 @@ def _profile(args: argparse.Namespace) -> int:
         return 130
     print(result.table())
     return 0 if result.recommended is not None else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from .remote._protocol import check_listen_security
+    from ._factory import factory_arguments, load_factory
+    from .remote.server import serve_policy
+
+    token = args.token
+    if args.token_file is not None:
+        with open(args.token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    if token is None:
+        token = os.environ.get("AIOFRANKA_TOKEN") or None
+    try:
+        check_listen_security(args.host, token=token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                              insecure=args.insecure)  # before the (maybe slow) model loads
+        factory = load_factory(args.factory)
+        positional, keywords = factory_arguments(args.args)
+        server = serve_policy(factory, *positional, host=args.host, port=args.port, token=token,
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, insecure=args.insecure,
+                              max_workers=args.workers, **keywords)
+    except (ValueError, ImportError) as exc:
+        print(f"aiofranka serve: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    print(f"aiofranka serve: {args.factory} on {server.address} "
+          f"({'TLS' if server.secure else 'plaintext'}, {'token' if token else 'no token'})", flush=True)
+    stop.wait()
+    server.stop(grace=1.0)
+    return 0
 
 
 def _positive_float(text: str) -> float:
@@ -174,6 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--decimals", type=int, default=6, help="rounding of the outputs in the fingerprint")
     prof.add_argument("--no-progress", action="store_true", help="no progress bar")
     prof.set_defaults(func=_profile)
+
+
+    serve = sub.add_parser("serve", help="host a policy for connect_policy() over gRPC (docs/remote.md)")
+    serve.add_argument("factory", help="module:name or file.py:name of a callable that builds the policy")
+    serve.add_argument("args", nargs="*", metavar="ARG",
+                       help="arguments for the factory: VALUE or NAME=VALUE (Python literals, else strings)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; beyond loopback TLS and a token are required)")
+    serve.add_argument("--port", type=int, default=50051, help="port to listen on (default 50051; 0: a free one)")
+    serve.add_argument("--token-file", default=None, metavar="FILE",
+                       help="file holding the shared token (else $AIOFRANKA_TOKEN)")
+    serve.add_argument("--token", default=None, help="the shared token (visible to other users in ps: prefer a file)")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate (chain) for TLS")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback host without TLS and token (a network you trust)")
+    serve.add_argument("--workers", type=int, default=8, help="threads receiving calls (default 8)")
+    serve.set_defaults(func=_serve)
 
     args = parser.parse_args(argv)
     return args.func(args)

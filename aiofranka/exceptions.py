@@ -21,7 +21,11 @@ Every error aiofranka raises on purpose derives from :class:`AiofrankaError`::
     │   ├── WorkerStoppedError     the helper was stopped (pending or later calls)
     │   ├── WorkerCrashedError     the helper's thread or child process died
     │   ├── CallTimeoutError       a child process gave no reply in time (also ``TimeoutError``)
-    │   └── RemoteError            a child raised an exception that could not be sent back as itself
+    │   ├── RemoteError            a child (or a policy server) raised an exception that could not be sent back as itself
+    │   └── RemotePolicyError      a policy server (``aiofranka serve``) failed or refused a call
+    │       ├── RemotePolicyUnavailable  the server cannot be reached or went away mid-call (also ``ConnectionError``)
+    │       ├── RemoteDeadlineExceeded   no reply within the call's deadline (also ``CallTimeoutError``)
+    │       └── RemotePolicyAuthError    the server refused the token (also ``PermissionError``)
     ├── SessionError               a thread-based ``Session`` failed or was misused (also ``RuntimeError``)
     │   ├── SessionStateError      the call does not fit the Session's lifecycle or thread
     │   └── SessionLoopError       ``observe``, the policy or ``act`` raised; the original is ``__cause__``
@@ -61,7 +65,11 @@ __all__ = [
     "PolicyError",
     "RealtimeError",
     "ReflexError",
+    "RemoteDeadlineExceeded",
     "RemoteError",
+    "RemotePolicyAuthError",
+    "RemotePolicyError",
+    "RemotePolicyUnavailable",
     "RemoteTraceback",
     "RobotConnectionError",
     "RobotError",
@@ -189,6 +197,27 @@ class RemoteError(OffloadError):
 
     def __reduce__(self):
         return type(self), (str(self), self.remote_type, self.remote_traceback)
+
+
+class RemotePolicyError(OffloadError):
+    """A policy server (``aiofranka serve``, :func:`~aiofranka.remote.serve_policy`) failed or
+    refused a call made through :func:`~aiofranka.remote.connect_policy`'s proxy."""
+
+
+class RemotePolicyUnavailable(RemotePolicyError, ConnectionError):
+    """The policy server cannot be reached, or it went away while the call was in flight.
+
+    The policy runtime treats it as a missed reply: it counts it and holds the arm
+    (docs/remote.md#faults).
+    """
+
+
+class RemoteDeadlineExceeded(RemotePolicyError, CallTimeoutError):
+    """The policy server gave no reply within the call's deadline (the call was cancelled)."""
+
+
+class RemotePolicyAuthError(RemotePolicyError, PermissionError):
+    """The policy server refused the call's token."""
 
 
 class RemoteTraceback(Exception):

@@ -14,7 +14,8 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["LatencyHistogram", "LoopStats", "PlaybackStats", "PolicyStats", "SampleRing", "SessionStats", "Summary"]
+__all__ = ["LatencyHistogram", "LoopStats", "PlaybackStats", "PolicyStats", "RemoteStats", "SampleRing", "SessionStats",
+           "Summary"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +320,9 @@ class PolicyStats:
     * ``latency_steps``: the latency estimate in control steps (NaN before one is known);
       ``latency``: the policy calls' durations, as a :class:`Summary` (µs);
     * ``chunk_len``: the locked chunk length (0 before the first chunk);
-    * ``in_flight``: a request is awaited.
+    * ``in_flight``: a request is awaited;
+    * ``missed_replies``: policy calls that raised a missed-reply error (a remote server
+      unavailable or past the deadline); the runtime carried on, the arm holding.
     """
 
     steps: int
@@ -336,6 +339,39 @@ class PolicyStats:
     latency: Summary
     chunk_len: int
     in_flight: bool
+    missed_replies: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteStats:
+    """A frozen snapshot of a remote policy proxy's calls (see docs/remote.md#the-figures).
+
+    Durations only: the client measures ``round_trip``; the server reports each call's
+    ``queue_wait`` (waiting for the previous call to finish) and ``inference`` (the method
+    itself); ``transport`` is what is left of the round trip (network, encoding, gRPC).
+    ``calls`` answered calls (raising ones included), ``unavailable``, ``deadline_exceeded``,
+    ``cancelled`` (by the caller) and ``failed`` (other refusals) the calls that got no answer.
+    """
+
+    calls: int
+    unavailable: int
+    deadline_exceeded: int
+    cancelled: int
+    failed: int
+    round_trip: Summary
+    queue_wait: Summary
+    inference: Summary
+    transport: Summary
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def table(self, title: str = "remote policy") -> str:
+        lines = [f"{title}: {self.calls} calls, {self.unavailable} unavailable, "
+                 f"{self.deadline_exceeded} past the deadline, {self.cancelled} cancelled, {self.failed} failed"]
+        for name in ("round_trip", "queue_wait", "inference", "transport"):
+            lines.append(f"  {name:<11} {getattr(self, name)}")
+        return "\n".join(lines)

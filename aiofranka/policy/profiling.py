@@ -17,10 +17,11 @@ import hashlib
 import random
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from .._factory import load_factory  # noqa: F401 - re-exported: profile and serve name their targets alike
 from .contract import ChunkRequest, Frame
 
 __all__ = ["HELPERS", "STAGES", "Fingerprint", "HelperProfile", "PolicyProfile", "StageRunner", "StageTimes",
@@ -484,34 +485,3 @@ async def _profile_helper(name, policy, frame, controller, iterations, warmup, r
         await helper.stop()
 
 
-def load_factory(spec: str) -> Callable:
-    """``module:factory`` or ``path/to/file.py:factory`` -> the callable (a file's module is pickled by
-    value for mpify, since a child process could not import it by name)."""
-    import importlib
-    import importlib.util
-    from pathlib import Path
-
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"factory must be 'module:factory' or 'path/to/file.py:factory', got {spec!r}")
-    if module_name.endswith(".py") or "/" in module_name:
-        path = Path(module_name).resolve()
-        if not path.is_file():
-            raise ValueError(f"factory {spec!r}: no file {str(path)!r}")
-        name = "aiofranka_profile_target_" + hashlib.sha1(str(path).encode()).hexdigest()[:8]
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-        from ..offload._wire import import_cloudpickle
-
-        import_cloudpickle().register_pickle_by_value(module)
-    else:
-        module = importlib.import_module(module_name)
-    try:
-        factory = getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"factory {spec!r}: {module_name!r} has no {attr!r}") from None
-    if not callable(factory):
-        raise ValueError(f"factory {spec!r} is not callable")
-    return factory

@@ -23,18 +23,21 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import validation
-from ..exceptions import PolicyCallbackError, PolicyError
+from ..exceptions import PolicyCallbackError, PolicyError, RemoteDeadlineExceeded, RemotePolicyUnavailable
 from ..pacing import DeadlineGrid
 from ..stats import PolicyStats, SampleRing
 from .chunks import ChunkScheduler, Integration
 from .contract import Action, ChunkRequest, Frame, normalize_chunk
 from .execution import ChunkExecutor
 
-__all__ = ["InferenceMode", "InferenceRuntime", "StepResult", "run_step", "run_step_sync"]
+__all__ = ["MISSED_REPLY_ERRORS", "InferenceMode", "InferenceRuntime", "StepResult", "run_step", "run_step_sync"]
 
 #: A bootstrap request carrying RTC hints slower than this (s) warns or aborts (``slow_rtc_bootstrap``).
 SLOW_RTC_BOOTSTRAP_S = 0.5
 _INTERPOLATIONS = ("cubic", "linear", "hold")
+#: A policy call failing with these missed its reply (a remote server away or late): the runtime
+#: counts it and carries on, the arm holding, instead of ending the episode (docs/remote.md#faults).
+MISSED_REPLY_ERRORS = (RemotePolicyUnavailable, RemoteDeadlineExceeded)
 
 
 class InferenceMode(str, enum.Enum):
@@ -88,6 +91,11 @@ def _count(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _missed(exc: BaseException) -> bool:
+    """True for a policy call that failed because its reply never came (see MISSED_REPLY_ERRORS)."""
+    return isinstance(exc, PolicyCallbackError) and isinstance(exc.__cause__, MISSED_REPLY_ERRORS)
 
 
 def _wrap(callback: str, exc: BaseException) -> PolicyCallbackError:
@@ -174,6 +182,7 @@ class InferenceRuntime:
         self._held_base = 0
         self._held_seen = 0
         self._latency_ns = SampleRing(4096)
+        self._missed_replies = 0
         self._closed = False
 
     # -- options readable back --------------------------------------------------------------
@@ -240,7 +249,8 @@ class InferenceRuntime:
             bootstrap_requests=self._bootstrap_requests, integrated=s.integrated, rejected=s.rejected,
             stale_steps_dropped=s.stale_steps_dropped, blended_steps=s.blended_steps, starved_ticks=s.starved_ticks,
             held_cycles=held, latency_steps=float("nan") if s.latency_steps is None else s.latency_steps,
-            latency=self._latency_ns.summary(), chunk_len=s.chunk_len or 0, in_flight=s.in_flight is not None)
+            latency=self._latency_ns.summary(), chunk_len=s.chunk_len or 0, in_flight=s.in_flight is not None,
+            missed_replies=self._missed_replies)
 
     # -- the pieces of a step ----------------------------------------------------------------------
 
@@ -328,8 +338,11 @@ class InferenceRuntime:
         self._pending = None
         try:
             reply = pending.result()
-        except BaseException:
+        except BaseException as exc:
             self._scheduler.cancel_request()
+            if _missed(exc):  # the next step asks again; the arm holds meanwhile
+                self._missed_replies += 1
+                return False
             raise
         return await self._integrate(reply, executor) is not None
 
@@ -435,7 +448,10 @@ class InferenceRuntime:
                 self._launch(act_src_fn, frame)
             while self._fresh:  # the episode's first chunk: nothing to execute before it
                 await asyncio.wait({self._pending})
+                missed = self._missed_replies
                 refreshed |= await self._collect(executor)
+                if self._missed_replies != missed:
+                    await asyncio.sleep(self.period_s)  # a server away fails at once: ask once a step, not in a spin
                 if self._fresh and s.should_request():
                     self._launch(act_src_fn, frame)
         else:
@@ -444,9 +460,12 @@ class InferenceRuntime:
                 request = s.make_request(frame, due_s=self._due())
                 try:
                     reply = await self._call_policy(act_src_fn, frame, request)
-                except BaseException:
+                except BaseException as exc:
                     s.cancel_request()
-                    raise
+                    if not _missed(exc):
+                        raise
+                    self._missed_replies += 1
+                    break  # a starved step: the arm holds, the next step asks again
                 refreshed |= await self._integrate(reply, executor) is not None
         raw, action, starved, heading, index = await self._execute(act_fn, executor, execute_action)
         self._steps += 1
