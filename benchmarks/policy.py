@@ -26,7 +26,7 @@ millisecond, the largest jerk of the target within 3 ms of a chunk switch,
 starved control ticks, lost cycles, and the simulator's states per
 wall-clock second.
 
-    python benchmarks/policy.py [--duration 10] [--latencies 20,80,150]
+    python benchmarks/policy.py [--duration 10] [--latencies 20,80,150] [--interpolation cubic]
 """
 
 from __future__ import annotations
@@ -191,11 +191,11 @@ async def settle(controller, home) -> None:
     raise RuntimeError("could not bring the arm home")
 
 
-async def main(duration_s: float, latencies_ms: list[int], rows: list[str]) -> None:
+async def main(duration_s: float, latencies_ms: list[int], rows: list[str], interpolation: str = "cubic") -> None:
     with Robot() as robot:
         async with Controller(robot) as controller:
             home = controller.state.q
-            print(f"{duration_s:.0f} s of robot time per row, chunk {CHUNK} at {HZ:.0f} Hz\n")
+            print(f"{duration_s:.0f} s of robot time per row, chunk {CHUNK} at {HZ:.0f} Hz, {interpolation} rows\n")
             print(f"{'latency':>7}  {'row':<14} {'arm err':>15} {'target err':>15} {'1 step':>7} {'jump':>7} "
                   f"{'jerk@switch':>11} {'starved':>7} {'lost':>5} {'sim/s':>6}")
             print(f"{'ms':>7}  {'':<14} {'p50/max mrad':>15} {'p50/max mrad':>15} {'mrad/ms':>7} {'mrad/ms':>7} "
@@ -210,7 +210,8 @@ async def main(duration_s: float, latencies_ms: list[int], rows: list[str]) -> N
                         if ROWS[name] is None:
                             figures = await run_naive(controller, policy, duration_s)
                         else:
-                            figures = await run_runtime(controller, policy, duration_s, **ROWS[name])
+                            figures = await run_runtime(controller, policy, duration_s, interpolation=interpolation,
+                                                        **ROWS[name])
                     except AiofrankaError as exc:
                         print(f"{latency:>7}  {name:<14} ended early: {type(exc).__name__}: {exc}", flush=True)
                         continue
@@ -234,6 +235,8 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=10.0, help="robot seconds per row (default 10)")
     parser.add_argument("--latencies", default="20,80,150", help="policy latencies in ms (default 20,80,150)")
     parser.add_argument("--rows", default=",".join(ROWS), help="rows to run, comma-separated")
+    parser.add_argument("--interpolation", choices=("cubic", "linear"), default="cubic",
+                        help="the runtime's 1 kHz rows (default cubic, the runtime's default)")
     args = parser.parse_args()
     asyncio.run(main(args.duration, [int(v) for v in args.latencies.split(",")],
-                     [r.strip() for r in args.rows.split(",")]))
+                     [r.strip() for r in args.rows.split(",")], args.interpolation))

@@ -133,3 +133,20 @@ def test_a_cubic_switch_moves_no_faster_than_one_interpolation_step():
     assert rows[0] == pytest.approx(current) and velocities[0] == pytest.approx(np.zeros(7))
     assert np.abs(np.diff(rows[:, 0])).max() <= 0.4 / PERIOD_MS * (1 + 1e-3)  # the 0.4 rad step, over one step
     assert rows[-1] == pytest.approx(waypoints[-1])
+
+
+@pytest.mark.parametrize("mode", ["cubic", "linear"])
+def test_a_switch_onto_a_moving_path_stays_within_the_interpolation_step(mode):
+    """The loop commands a target behind a path that moves at 0.6 per step, and the chunk's last raw
+    step is 1.0: joining the offset on top of the path's own speed must not move the target faster
+    than that largest step (with a fixed 1.5-step join, 0.6 + 0.5 per step: 1.1). Checked over the
+    join and the path after it, up to the last segment (where a cubic through a lone faster step
+    runs up to 10 % over it: a C1 curve has to, see docs/policies.md)."""
+    waypoints = np.cumsum(np.r_[np.full(7, 0.6), 1.0])[:, None] * np.ones(7)
+    previous = np.zeros(7)
+    step = 1.0  # the largest difference between consecutive waypoints (and larger than the offset)
+    for current, where in ((-0.5, "behind"), (0.5, "ahead")):
+        rows, _ = joint_rows(previous, waypoints, -1.0, np.full(7, current), PERIOD_MS, mode=mode)
+        assert rows[0] == pytest.approx(np.full(7, current)) and rows[-1] == pytest.approx(waypoints[-1])
+        early = rows[: int(6 * PERIOD_MS), 0]  # the rows up to x = 5
+        assert np.abs(np.diff(early)).max() <= step / PERIOD_MS * (1 + 1e-3), where

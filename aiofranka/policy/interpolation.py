@@ -21,7 +21,7 @@ import numpy as np
 
 from ._se3 import exp_so3, log_so3, log_so3_many
 
-__all__ = ["joint_rows", "pose_rows", "row_positions"]
+__all__ = ["joint_rows", "pose_rows", "row_positions", "step_bounded_join"]
 
 
 def row_positions(count: int, x_start: float, period_ms: float) -> np.ndarray:
@@ -52,6 +52,41 @@ def join_steps(offset: float, speed: float | None, period_ms: float) -> float:
     if speed is None or speed <= 0:
         return 1.0
     return max(1.0, float(offset) / (speed * period_ms / 1000.0))
+
+
+#: The longest join a fast path stretches a switch to (steps): beyond it the join lags the policy too long.
+MAX_JOIN_STEPS = 4.0
+
+
+def step_bounded_join(offset: np.ndarray, path_slope: np.ndarray, points: np.ndarray, peak: float,
+                      shortest: float, extra=0.0) -> float:
+    """Steps over which a switch joins so that the target moves no faster than the largest step it
+    connects: the largest difference between consecutive waypoints (``previous`` included) or the
+    offset itself, across joints (the interpolation step). On each joint the join adds ``peak`` times
+    its offset per step (1 for a straight fade, 1.5 at a Hermite blend's steepest) to the path's own
+    ``path_slope`` (per step, the fastest near the start); the join lasts at least ``shortest`` steps
+    and at most ``MAX_JOIN_STEPS``. ``extra`` (per step, per joint): what else the join may add at its
+    steepest (a cubic join's velocity blend: a third of the velocity difference)."""
+    size = np.abs(offset)
+    step = max(float(np.abs(np.diff(points, axis=0)).max(initial=0.0)), float(size.max(initial=0.0)))
+    if step <= 0.0:
+        return shortest
+    # A target ahead of the path (offset along the path's motion) slows down while it joins: it only
+    # needs the step itself. One behind has to catch up on top of the path's speed; on a path already
+    # at the step the join gets a tenth of it (and MAX_JOIN_STEPS bounds the wait).
+    behind = offset * path_slope < 0
+    room = np.where(behind, np.maximum(step - np.abs(path_slope) - extra, 0.1 * step), step)
+    return float(min(MAX_JOIN_STEPS, max(shortest, float((peak * size / room).max()))))
+
+
+def _fastest(slopes: np.ndarray) -> np.ndarray:
+    """Per joint, the slope of largest magnitude among ``slopes`` (rows), sign kept."""
+    index = np.abs(slopes).argmax(axis=0)
+    return slopes[index, np.arange(slopes.shape[1])]
+
+
+def _near_start(x: np.ndarray, x_start: float) -> np.ndarray:
+    return (x - x_start) < MAX_JOIN_STEPS
 
 
 def _held(x: np.ndarray, count: int) -> np.ndarray:
@@ -105,7 +140,10 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     if mode == "linear":
         path = points[i0] + frac[:, None] * (points[i0 + 1] - points[i0])
         offset = current - path[0]
-        steps = join_steps(np.abs(offset).max(), join_speed, period_ms)
+        near = _near_start(x, x_start)
+        segment_slope = _fastest(points[i0[near] + 1] - points[i0[near]])
+        steps = max(join_steps(np.abs(offset).max(), join_speed, period_ms),
+                    step_bounded_join(offset, segment_slope, points, 1.0, 1.0))
         rows = path + _fade(x, x_start, steps)[:, None] * offset
         return rows, np.zeros_like(rows)
     if mode != "cubic":
@@ -127,8 +165,12 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     v0 = np.zeros_like(current) if current_velocity is None else np.asarray(current_velocity, dtype=float) * per_step
     offset, offset_slope = current - path[0], v0 - slope[0]
     # At least 1.5 steps: the blend's steepest slope is 1.5 times its mean, so the
-    # join never moves faster than a straight line would close the offset in one step.
-    length = max(1.5, join_steps(np.abs(offset).max(), join_speed, period_ms))
+    # join never moves faster than a straight line would close the offset in one step;
+    # longer where the path itself is fast, so that path and join together stay
+    # within the interpolation step.
+    near_slope = _fastest(slope[_near_start(x, x_start)])
+    length = max(join_steps(np.abs(offset).max(), join_speed, period_ms),
+                 step_bounded_join(offset, near_slope, points, 1.5, 1.5, np.abs(offset_slope) / 3.0))
     u = np.clip((x - x_start) / length, 0.0, 1.0)
     inside = (x - x_start) < length
     g00, g10, _, _ = _hermite(u)
