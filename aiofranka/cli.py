@@ -1,4 +1,4 @@
-"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo`` and ``aiofranka check``."""
+"""The ``aiofranka`` command: ``aiofranka sim``, ``aiofranka demo``, ``aiofranka check`` and ``aiofranka report``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,20 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if args.strict and report.late_period else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .exceptions import MissingDependencyError
+    from .report import report
+
+    try:
+        png, table = report(args.recording, args.output, title=args.title)
+    except (OSError, ValueError, MissingDependencyError) as exc:
+        print(f"aiofranka report: {exc}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"wrote {png}")
+    return 0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -124,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--strict", action="store_true",
                        help="exit 1 if any wake-up was more than a period late")
     check.set_defaults(func=_check)
+
+    report = sub.add_parser("report", help="plot a recording saved by Recorder.save (tracking error, torque, timing)")
+    report.add_argument("recording", help="the .npz file")
+    report.add_argument("-o", "--output", default=None, metavar="PNG",
+                        help="where to write the plot (default: beside the recording, .png)")
+    report.add_argument("--title", default=None, help="the plot's title (default: the file's name)")
+    report.set_defaults(func=_report)
 
     args = parser.parse_args(argv)
     return args.func(args)
