@@ -187,6 +187,8 @@ static PyMethodDef Kernel_methods[] = {
     {"_test_impedance", FASTCALL(Kernel_test_impedance), "test only: impedance(q_desired, dq_desired, kp, kd)"},
     {"_test_osc", FASTCALL(Kernel_test_osc), "test only: osc(ee_desired, ee_kp, ee_kd, q_null, null_kp, null_kd)"},
     {"_test_torque", (PyCFunction)Kernel_test_torque, METH_O, "test only: torque(tau)"},
+    {"_test_record_rows", (PyCFunction)Kernel_test_record_rows, METH_O,
+     "test only: _test_record_rows(n) -> ns to write n recorder rows"},
     {NULL, NULL, 0, NULL},
 };
 

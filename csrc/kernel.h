@@ -227,6 +227,7 @@ PyObject *Kernel_record_counts(Kernel *self, PyObject *ignored);
 PyObject *Kernel_test_impedance(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *Kernel_test_osc(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *Kernel_test_torque(Kernel *self, PyObject *arg);
+PyObject *Kernel_test_record_rows(Kernel *self, PyObject *arg);
 PyObject *k_test_flange_pose(PyObject *mod, PyObject *arg);
 PyObject *k_test_jacobian_at(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 PyObject *k_test_seqlock_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
