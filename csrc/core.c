@@ -92,6 +92,7 @@ static void Kernel_dealloc(Kernel *self) {
     watch_join(self);
     rescue_join(self);
     record_release(self);
+    Py_CLEAR(self->rs_type);
     Kernel_release(self);
     Kernel_unpublish(self);
     Py_TYPE(self)->tp_free((PyObject *)self);

@@ -138,6 +138,11 @@ typedef struct {
     long long rec_cap;
     atomic_int rec_on, rec_busy;
     atomic_llong rec_written, rec_dropped;
+    /* Reading a field of a Python-served state from its C++ object (abi.c):
+     * the RobotState type checked once, and r_off valid (a rescue_start
+     * succeeded on this kernel). */
+    PyTypeObject *rs_type;
+    int rs_layout;
 } Kernel;
 
 /* Interned attribute names (core.c). */
@@ -199,6 +204,7 @@ extern PyGetSetDef Kernel_schedule_getset[];
 /* abi.c */
 int pybind11_value(PyObject *obj, const char *class_name, void **value, char *err, size_t n);
 PyObject *k_peek_value(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+const unsigned char *state_value(Kernel *self, PyObject *state);
 
 /* clock.c */
 long long now_ns(void);

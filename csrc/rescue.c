@@ -284,6 +284,7 @@ PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     self->r_started = 1;
+    self->rs_layout = 1; /* the offsets were checked: cycles may read the state's C++ object too (abi.c) */
     Py_RETURN_NONE;
 }
 

@@ -35,8 +35,10 @@ def story(controller: Controller, data: dict, extra: str = "") -> str:
 
 
 async def test_every_cycle_served_is_a_row_consistent_with_the_state(settled):
-    before = settled.stats
     rec = settled.record(seconds=5.0)
+    # After record(): allocating the ring blocks the event loop for a few ms,
+    # and the guardian serves meanwhile, before the recording starts.
+    before = settled.stats
     q = limits.Q_HOME.copy()
     q[0] += 0.1
     await settled.move(q, speed=0.6)
@@ -71,8 +73,8 @@ async def test_every_cycle_served_is_a_row_consistent_with_the_state(settled):
 
 
 async def test_cycles_served_by_the_guardian_are_marked(settled):
-    before = settled.stats
     with settled.record(["time_ms", "server", "q"], seconds=2.0) as rec:
+        before = settled.stats
         await settled.wait(0.1)
         time.sleep(0.15)  # the event loop is blocked: the guardian serves
         await settled.wait(0.2)
@@ -88,10 +90,10 @@ async def test_cycles_served_by_the_guardian_are_marked(settled):
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the rescue thread is built on x86-64 only")
 async def test_cycles_served_by_the_rescue_thread_are_rows_too(settled, tmp_path):
-    before = settled.stats
-    assert before.rescue == "on"
     rec = settled.record(["time_ms", "t", "q", "q_desired", "tau_command", "tau_measured", "compute_us", "server"],
                          seconds=3.0)
+    before = settled.stats
+    assert before.rescue == "on"
     await settled.wait(0.1)
     done = threading.Event()
     threading.Thread(target=lambda: (hold_gil(0.25), done.set()), daemon=True).start()
@@ -118,8 +120,8 @@ async def test_cycles_served_by_the_rescue_thread_are_rows_too(settled, tmp_path
 
 
 async def test_a_small_ring_counts_what_it_drops(settled):
-    before = settled.stats
     rec = settled.record(["time_ms"], seconds=0.1)
+    before = settled.stats
     await settled.wait(0.4)
     rec.stop()
     after = settled.stats
