@@ -13,6 +13,7 @@ import tempfile
 import time
 
 from aiofranka import Controller, Robot, limits
+from aiofranka.loop.recorder import SERVERS
 
 try:
     from tqdm import tqdm
@@ -42,10 +43,10 @@ async def main(out: pathlib.Path) -> None:
                 if bar:
                     bar.n = rec.count
                     bar.close()
-            data = rec.data()
-            last = controller.state
-        print(f"{rec.count} rows, {rec.dropped} dropped; the last row is the state at robot time "
-              f"{data['time_ms'][-1]} ms (controller.state: {last.time_ms} ms)")
+            data = rec.data()  # numpy arrays, one per field
+        served = {name: int((data["server"] == code).sum()) for code, name in enumerate(SERVERS)}
+        print(f"{rec.count} rows from robot time {data['time_ms'][0]} to {data['time_ms'][-1]} ms, "
+              f"{rec.dropped} dropped; served by {served}")
         print(rec.table())
         print(f"saved {rec.save(out / 'move.npz')}")
         try:
