@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from aiofranka import Controller, limits
+from aiofranka import Controller, ControllerStateError, limits
 from aiofranka.loop.recorder import SERVERS
 
 from _policies import hold_gil
@@ -82,9 +82,13 @@ async def test_cycles_served_by_the_guardian_are_marked(settled):
     after = settled.stats
     why = story(settled, data)
     guardian = data["server"] == GUARDIAN
-    assert guardian.sum() >= 50, why
     assert abs(guardian.sum() - (after.guardian_cycles - before.guardian_cycles)) <= 1, why
-    assert data["server"][0] == LOOP and data["server"][-1] == LOOP, why  # handed back
+    # The sleep is one run of guardian rows (a loaded host adds short takeovers
+    # of its own); the waits around it were served by the loop.
+    edges = np.diff(np.concatenate(([0], guardian.astype(np.int8), [0])))
+    longest = (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max()
+    assert longest >= 50, why
+    assert (data["server"] == LOOP).sum() >= 150, why
     assert np.max(np.abs(data["q"] - limits.Q_HOME)) < 0.01, why
 
 
@@ -128,3 +132,17 @@ async def test_a_small_ring_counts_what_it_drops(settled):
     assert rec.count == 100
     assert abs(rec.count + rec.dropped - (after.cycles - before.cycles)) <= 1, (rec, after.cycles, before.cycles)
     assert rec.dropped >= 250
+
+
+async def test_one_recording_per_controller_and_none_once_closed(robot):
+    controller = Controller(robot)
+    rec = controller.record(["time_ms"], seconds=0.1)  # before start(): rows come once cycles do
+    with pytest.raises(ControllerStateError, match="already running"):
+        controller.record(seconds=0.1)
+    async with controller:
+        await controller.wait(0.05)
+    await controller.close()
+    rec.stop()
+    assert rec.count >= 40
+    with pytest.raises(ControllerStateError, match="closed"):
+        controller.record()
