@@ -85,6 +85,7 @@ __all__ = [
     "PolicyStats",
     "ProcessProxy",
     "RealtimeError",
+    "Recorder",
     "ReflexError",
     "RemoteDeadlineExceeded",
     "RemoteError",
@@ -161,6 +162,7 @@ _LAZY = {
     "PlaybackStats": ".stats",
     "PolicyStats": ".stats",
     "TargetRows": ".loop.trajectory",
+    "Recorder": ".loop.recorder",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,6 +176,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sync.session import Session, run
     from .sim import Simulator
     from .loop.trajectory import TargetRows
+    from .loop.recorder import Recorder
     from .policy import (Action, ChunkRequest, Command, ControllerExecutor, ControllerObserver, Frame, GripperExecutor,
                          InferenceMode, InferenceRuntime, StepResult, check_policy, profile_sync_inference,
                          recommend_inference_mode, run_step, run_step_sync)

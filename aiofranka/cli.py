@@ -1,4 +1,4 @@
-"""The ``aiofranka`` command: ``sim``, ``demo``, ``check``, ``profile`` and ``serve``."""
+"""The ``aiofranka`` command: ``sim``, ``demo``, ``check``, ``report``, ``profile`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -132,6 +132,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .exceptions import MissingDependencyError
+    from .report import report
+
+    try:
+        png, table = report(args.recording, args.output, title=args.title)
+    except (OSError, ValueError, MissingDependencyError) as exc:
+        print(f"aiofranka report: {exc}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"wrote {png}")
+    return 0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -221,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="allow a non-loopback host without TLS and token (a network you trust)")
     serve.add_argument("--workers", type=int, default=8, help="threads receiving calls (default 8)")
     serve.set_defaults(func=_serve)
+    report = sub.add_parser("report", help="plot a recording saved by Recorder.save (tracking error, torque, timing)")
+    report.add_argument("recording", help="the .npz file")
+    report.add_argument("-o", "--output", default=None, metavar="PNG",
+                        help="where to write the plot (default: beside the recording, .png)")
+    report.add_argument("--title", default=None, help="the plot's title (default: the file's name)")
+    report.set_defaults(func=_report)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -19,11 +19,20 @@ enforced), one scenario after another and prints one table:
   once a second (``time.sleep`` or pure Python), for the bare loop and for the
   Controller with its guardian switched off and on.
 
+* ``record off|on|on, no tau_measured``: the Controller holding with the
+  recorder off, on with every field, and on without ``tau_measured``, in
+  blocks whose order rotates; the row is written after
+  ``writeOnce``, so the figure is the time from ``writeOnce`` to the return of
+  ``Kernel.cycle`` (``wr->ret``), and the recorder's cost per cycle is the
+  difference of the medians (docs/recorder.md).
+
 Every row carries the simulator's own rate (robot states per wall second):
 when the machine is loaded the simulated clock slows instead of the client
 losing states, so read lost cycles beside it.
 
-Usage: ``python benchmarks/loop.py [--duration 10] [--osc-duration 60]``.
+Usage: ``python benchmarks/loop.py [--duration 10] [--osc-duration 60] [--only record,bare]
+[--plot jitter.png]``; ``--plot`` records each Controller scenario's period and
+compute time and draws their histograms (``aiofranka[report]``).
 """
 
 from __future__ import annotations
@@ -39,6 +48,31 @@ import numpy as np
 
 from aiofranka import Controller, Robot, limits
 from aiofranka.stats import SampleRing
+
+try:
+    from tqdm import tqdm
+except ImportError:  # progress is a nicety: plain lines without it
+    tqdm = None
+
+#: Scenario name -> {"period_us", "compute_us"} for --plot (filled only when plotting).
+TIMINGS: dict = {}
+PLOTTING = False
+
+
+class recorded:
+    """With --plot: record a Controller scenario's period and compute time (the recorder's t and compute_us)."""
+
+    def __init__(self, controller: Controller, name: str, seconds: float) -> None:
+        self.rec = controller.record(["t", "compute_us"], seconds=seconds + 5.0) if PLOTTING else None
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.rec is not None:
+            data = self.rec.stop().data()
+            TIMINGS[self.name] = {"period_us": 1e6 * np.diff(data["t"]), "compute_us": data["compute_us"]}
 
 
 def row(name, cycles, lost, success, compute, robot_s, wall_s, extra=""):
@@ -109,7 +143,8 @@ async def hold(robot: Robot, mode: str, duration: float, wait: str = "timerfd") 
     controller = Controller(robot, wait=wait)
     await controller.start()
     controller.switch(mode)
-    await controller.wait(duration)
+    with recorded(controller, f"{mode} {wait}", duration):
+        await controller.wait(duration)
     await controller.stop()
     stats = controller.stats
     return controller_row(f"{mode} {stats.wait}", stats, f"readOnce wait p50 {stats.read_wait.p50_us:.0f} us")
@@ -143,6 +178,98 @@ async def osc_with_policy(robot: Robot, duration: float) -> str:
                           f"{ticks / duration:.0f} set/s, last error {1000 * error:.1f} mm")
 
 
+class TimedKernel:
+    """Stands in for the Controller's kernel and times each ``Kernel.cycle``:
+    the wall time from its ``writeOnce`` call (the ``t_write`` it returns) to
+    its return (writeOnce, the cycle's bookkeeping and the recorder's row), and
+    the thread's CPU time over the whole call (blind to preemption by other
+    processes, which dominates the wall figure's noise on a shared host)."""
+
+    def __init__(self, kernel) -> None:
+        self._kernel = kernel
+        self.samples = None
+        self.cpu = None
+
+    def __getattr__(self, name):
+        return getattr(self._kernel, name)
+
+    def cycle(self, *args):
+        cpu = time.thread_time_ns()
+        served = self._kernel.cycle(*args)
+        end = time.monotonic_ns()  # CLOCK_MONOTONIC, as the kernel's own times
+        if served is not None and self.samples is not None:
+            self.samples.push(end - served[5])
+            self.cpu.push(time.thread_time_ns() - cpu)
+        return served
+
+
+RECORD_SIDES = {
+    "off": False,
+    "on": None,  # every field
+    "on, no tau_measured": [name for name in ("time_ms", "t", "q", "dq", "q_desired", "ee", "ee_desired",
+                                              "tau_command", "compute_us", "server", "success_rate", "mode")],
+}
+
+
+async def record_overhead(robot: Robot, block: float, rounds: int) -> list[str]:
+    """Hold with the recorder off, on (every field) and on without
+    ``tau_measured`` (the one field read through pylibfranka), in blocks of
+    ``block`` s whose order rotates each round; rows: each side's time from
+    writeOnce to the cycle's return, and the recorder's cost per cycle."""
+    controller = Controller(robot)
+    await controller.start()
+    timed = TimedKernel(controller._cycle.kernel)
+    controller._cycle.kernel = timed  # benchmark instrumentation only
+    names = list(RECORD_SIDES)
+    size = rounds * int(block * 1000) + 1000
+    sides = {name: SampleRing(size) for name in names}
+    cpu = {name: SampleRing(size) for name in names}
+    medians = {name: [] for name in names}
+    lost = dict.fromkeys(names, 0)
+    cycles = dict.fromkeys(names, 0)
+    steps = [names[(r + i) % len(names)] for r in range(rounds) for i in range(len(names))]
+    bar = tqdm(steps, desc="recorder on/off", unit="block", file=sys.stderr) if tqdm else steps
+    for side in bar:
+        block_ring = SampleRing(int(block * 2000) + 1000)
+        timed.samples = block_ring
+        timed.cpu = cpu[side]
+        before = controller.stats
+        fields = RECORD_SIDES[side]
+        rec = None if fields is False else controller.record(fields, seconds=block + 1.0)
+        await controller.wait(block)
+        if rec is not None:
+            rec.stop()
+        after = controller.stats
+        timed.samples = None
+        values = block_ring.values()
+        for v in values:
+            sides[side].push(int(v))
+        medians[side].append(float(np.median(values)) / 1000.0)
+        lost[side] += after.lost_cycles - before.lost_cycles
+        cycles[side] += after.cycles - before.cycles
+    controller._cycle.kernel = timed._kernel
+    stats = controller.stats
+    await controller.stop()
+    lines = []
+    for side in names:
+        summary = sides[side].summary()
+        lines.append(row(f"record {side}"[:22], cycles[side], lost[side], stats.min_success_rate, summary,
+                         stats.robot_time_s, stats.wall_time_s,
+                         f"wr->ret p50 {summary.p50_us:.2f} us, mean {summary.mean_us:.2f} us; cycle CPU p50 "
+                         f"{np.median(cpu[side].values()) / 1000:.2f} us"))
+    off_p50 = float(np.median(sides["off"].values())) / 1000.0
+    for side in names[1:]:
+        differences = [on - off for on, off in zip(medians[side], medians["off"])]
+        pooled = float(np.median(sides[side].values())) / 1000.0 - off_p50
+        spread = np.percentile(differences, [25, 75])
+        cpu_cost = (float(np.median(cpu[side].values())) - float(np.median(cpu["off"].values()))) / 1000.0
+        lines.append(f"{'cost: ' + side:<22} {cpu_cost:+.2f} us CPU per cycle (difference of the medians of the "
+                     f"cycle's CPU time); wall from writeOnce: {pooled:+.2f} us (pooled medians); "
+                     f"{np.median(differences):+.2f} us (median over {rounds} rounds of the difference of "
+                     f"{block:g} s block medians, quartiles {spread[0]:+.2f} .. {spread[1]:+.2f})")
+    return lines
+
+
 async def blocker(kind: str) -> None:
     """L2 load: block the event loop for 30 ms once a second."""
     while True:
@@ -173,7 +300,8 @@ async def controller_under_l2(robot: Robot, duration: float, kind: str, guardian
     label = f"L2 {kind} guard={'on' if guardian else 'off'}"
     error = None
     try:
-        await controller.wait(duration)
+        with recorded(controller, label, duration):
+            await controller.wait(duration)
     except Exception as exc:  # noqa: BLE001 - a reflex is a result here
         error = exc
     finally:
@@ -218,7 +346,8 @@ async def with_thread(robot: Robot, duration: float, switch_interval: float, sol
     thread.start()
     error = None
     try:
-        await controller.wait(duration)
+        with recorded(controller, label, duration):
+            await controller.wait(duration)
     except Exception as exc:  # noqa: BLE001 - a reflex is a result here
         error = exc
     thread.join()
@@ -230,12 +359,21 @@ async def with_thread(robot: Robot, duration: float, switch_interval: float, sol
 
 
 async def main() -> None:
+    global PLOTTING
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per holding scenario")
     parser.add_argument("--osc-duration", type=float, default=60.0, help="seconds of the OSC scenario")
     parser.add_argument("--l2-duration", type=float, default=60.0,
                         help="seconds of each L2 scenario with the guardian on")
+    parser.add_argument("--record-block", type=float, default=1.0,
+                        help="seconds of each block of the recorder's on/off comparison")
+    parser.add_argument("--record-rounds", type=int, default=10, help="rounds of that comparison")
+    parser.add_argument("--only", default=None, metavar="NAMES",
+                        help="comma-separated scenario names (or prefixes) to run, e.g. 'record,impedance'")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="write the period and compute histograms of the Controller scenarios here")
     args = parser.parse_args()
+    PLOTTING = args.plot is not None
     print(f"python {sys.version.split()[0]}, default switch interval {sys.getswitchinterval()}", flush=True)
     solo = spin_rate(2.0)
     rows = []
@@ -261,14 +399,23 @@ async def main() -> None:
             ("L2 sleep, guardian off", lambda: controller_under_l2(robot, min(args.duration, 5.0), "sleep", False)),
             ("L2 sleep, guardian on", lambda: controller_under_l2(robot, args.l2_duration, "sleep", True)),
             ("L2 python, guardian on", lambda: controller_under_l2(robot, args.l2_duration, "python", True)),
+            ("record", lambda: record_overhead(robot, args.record_block, args.record_rounds)),
         ):
+            if args.only and not any(name.startswith(p.strip()) for p in args.only.split(",")):
+                continue
             print(f"running {name}...", file=sys.stderr, flush=True)
-            rows.append(await job())
+            result = await job()
+            rows.extend(result if isinstance(result, list) else [result])
     print()
-    print("compute = readOnce return -> writeOnce call; sim/s = robot states per wall second")
+    print("compute = readOnce return -> writeOnce call (record rows: writeOnce call -> cycle's return); "
+          "sim/s = robot states per wall second")
     print(HEADER)
     for line in rows:
         print(line)
+    if args.plot and TIMINGS:
+        from aiofranka.report import plot_timing
+
+        print(f"wrote {plot_timing(TIMINGS, args.plot, title='loop timing on the simulator (benchmarks/loop.py)')}")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,25 @@ int pybind11_value(PyObject *obj, const char *class_name, void **value, char *er
     return rc;
 }
 
+/* The C++ RobotState behind `state`, for reading a field at a measured
+ * offset (r_off) without pylibfranka's getter (which builds a list), or NULL
+ * where that cannot be done: no layout was measured and checked on this
+ * kernel (rescue_start), or `state` is not of the type checked the first
+ * time. The type is checked once (pybind11_value); each instance's flags
+ * every time. Leaves no Python error set. */
+const unsigned char *state_value(Kernel *self, PyObject *state) {
+    if (!self->rs_layout) return NULL;
+    if (Py_TYPE(state) != self->rs_type) {
+        void *value;
+        char err[256];
+        if (self->rs_type || pybind11_value(state, "RobotState", &value, err, sizeof err) != 0) return NULL;
+        self->rs_type = (PyTypeObject *)Py_NewRef(Py_TYPE(state));
+    }
+    const pybind11_instance *inst = (const pybind11_instance *)state;
+    if (!inst->simple_layout || !inst->simple_holder_constructed) return NULL;
+    return inst->u.simple_value_holder[0];
+}
+
 /* peek_value(obj, nbytes) -> bytes: up to nbytes of the C++ object behind a
  * pylibfranka RobotState or Torques, for measuring field offsets (fewer where
  * the memory past the object's end is not mapped). */

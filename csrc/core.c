@@ -91,6 +91,8 @@ static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 static void Kernel_dealloc(Kernel *self) {
     watch_join(self);
     rescue_join(self);
+    record_release(self);
+    Py_CLEAR(self->rs_type);
     Kernel_release(self);
     Kernel_unpublish(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -150,8 +152,14 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kwds) {
 
 static PyMethodDef Kernel_methods[] = {
     {"cycle", FASTCALL(Kernel_cycle),
-     "cycle(ctl, Torques, mode, scale, finish_if_zero, *params) -> (state, time_ms, success, t_call, t_read, "
-     "t_write, flags)"},
+     "cycle(ctl, Torques, mode, scale, flags, *params) -> (state, time_ms, success, t_call, t_read, "
+     "t_write, flags); flags in: bit 0 finish if zero, bit 1 served by the guardian"},
+    {"record_start", FASTCALL(Kernel_record_start),
+     "record_start(matrix, columns, overwrite): one row per cycle written into matrix (see RECORD_FIELDS)"},
+    {"record_stop", (PyCFunction)Kernel_record_stop, METH_NOARGS,
+     "record_stop() -> (written, dropped): no row is written after it returns"},
+    {"record_counts", (PyCFunction)Kernel_record_counts, METH_NOARGS,
+     "record_counts() -> (written, dropped, busy)"},
     {"fill", FASTCALL(Kernel_fill), "fill(q, dq, O_T_EE)"},
     {"finish", (PyCFunction)Kernel_finish, METH_O, "finish(scale) -> command list or None"},
     {"update_last", (PyCFunction)Kernel_update_last, METH_NOARGS, "update_last() -> command is zero"},
@@ -180,6 +188,8 @@ static PyMethodDef Kernel_methods[] = {
     {"_test_impedance", FASTCALL(Kernel_test_impedance), "test only: impedance(q_desired, dq_desired, kp, kd)"},
     {"_test_osc", FASTCALL(Kernel_test_osc), "test only: osc(ee_desired, ee_kp, ee_kd, q_null, null_kp, null_kd)"},
     {"_test_torque", (PyCFunction)Kernel_test_torque, METH_O, "test only: torque(tau)"},
+    {"_test_record_rows", (PyCFunction)Kernel_test_record_rows, METH_O,
+     "test only: _test_record_rows(n) -> ns to write n recorder rows"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -265,6 +275,12 @@ PyMODINIT_FUNC PyInit__kernel(void) {
     if (!layout || PyModule_AddObject(m, "FRAME_LAYOUT", layout) < 0 ||
         PyModule_AddIntConstant(m, "FRAME_LEN", F_LEN) < 0) {
         Py_XDECREF(layout);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *fields = record_fields();
+    if (!fields || PyModule_AddObject(m, "RECORD_FIELDS", fields) < 0) {
+        Py_XDECREF(fields);
         Py_DECREF(m);
         return NULL;
     }

@@ -71,14 +71,16 @@ PyObject *Kernel_update_last(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     return PyBool_FromLong(zero);
 }
 
-/* Book-keeping after any cycle's write (the writer holds the cycle lock):
- * lost states, the time written, and the rescue thread's watchdog. */
-void note_written(Kernel *self, long long time_ms, int finished) {
+/* Book-keeping after any cycle's write, by the loop, the guardian or the
+ * rescue thread (the writer holds the cycle lock): lost states, the time
+ * written, the recorder's row, and the rescue thread's watchdog. */
+void note_written(Kernel *self, long long time_ms, int finished, const cycle_info *info) {
     if (self->last_time_ms >= 0 && time_ms - self->last_time_ms > 1) self->lost += time_ms - self->last_time_ms - 1;
     self->last_time_ms = time_ms;
     if (finished) atomic_store(&self->finished, 1);
     long long now = now_ns();
     atomic_store(&self->last_write_ns, now);
+    if (atomic_load_explicit(&self->rec_on, memory_order_relaxed)) record_row(self, time_ms, now, info);
     /* Then the rescue thread sleeps on (armed after the store: having consumed
      * an expiration, it reads this write or a later one). */
     if (self->r_timer >= 0) timer_arm(self->r_timer, now + self->r_after_ns);
@@ -105,7 +107,9 @@ PyObject *Kernel_claim_next(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-/* cycle(ctl, Torques, mode, scale, finish_if_zero, *params)
+/* cycle(ctl, Torques, mode, scale, flags, *params)
+ *   flags bit 0: finish if the command is zero; bit 1: the guardian serves
+ *   (the recorder's server column)
  *   mode 0: params = (q_desired, dq_desired, kp, kd)
  *   mode 1: params = (ee_desired, ee_kp, ee_kd, q_null, null_kp, null_kd)
  *   mode 2: params = (torque,)
@@ -120,15 +124,16 @@ PyObject *Kernel_claim_next(Kernel *self, PyObject *Py_UNUSED(ignored)) {
  * motion_finished. */
 PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 5) {
-        PyErr_SetString(PyExc_TypeError, "cycle(ctl, Torques, mode, scale, finish_if_zero, *params)");
+        PyErr_SetString(PyExc_TypeError, "cycle(ctl, Torques, mode, scale, flags, *params)");
         return NULL;
     }
     schedule_claim(self); /* before anything can fail: this cycle is being served */
     PyObject *ctl = args[0], *torques_type = args[1];
     long mode = PyLong_AsLong(args[2]);
     double scale = PyFloat_AsDouble(args[3]);
-    int finish_if_zero = PyObject_IsTrue(args[4]);
+    long cycle_flags = PyLong_AsLong(args[4]);
     if (PyErr_Occurred()) return NULL;
+    int finish_if_zero = (int)(cycle_flags & 1);
     static const Py_ssize_t counts[3] = {4, 6, 1};
     static const Py_ssize_t lens[3][6] = {{7, 7, 7, 7, 0, 0}, {16, 6, 6, 7, 7, 7}, {7, 0, 0, 0, 0, 0}};
     if (mode < 0 || mode > 2 || nargs - 5 != counts[mode]) {
@@ -219,7 +224,23 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_DECREF(ok);
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     long long time_ms = llround(sec * 1000.0);
-    note_written(self, time_ms, finished);
+    cycle_info info = {(cycle_flags & 2) ? SERVER_GUARDIAN : SERVER_LOOP, success, t_read, t_write, NULL};
+    double tau_measured[7];
+    if (atomic_load_explicit(&self->rec_on, memory_order_relaxed) && self->rec_col[RF_TAU_MEAS] >= 0) {
+        /* Read here, outside the recorder's busy section (a getattr may run
+         * Python); from the C++ object where the layout is known: the getter
+         * builds a list (~3 us). */
+        const unsigned char *cpp = state_value(self, state);
+        if (cpp) {
+            memcpy(tau_measured, cpp + self->r_off[R_TAU_J], sizeof tau_measured);
+            info.tau_measured = tau_measured;
+        } else if (read_attr(state, s_tau_J, tau_measured, 7) == 0) {
+            info.tau_measured = tau_measured;
+        } else {
+            PyErr_Clear(); /* a state without tau_J (a test double): recorded as NaN */
+        }
+    }
+    note_written(self, time_ms, finished, &info);
     schedule_observe(self, t_read, time_ms, finished);
     self->last_success = success;
     atomic_store(&self->rescued_last, 0);

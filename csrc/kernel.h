@@ -20,6 +20,7 @@
  *              the guardian only when a due cycle went unclaimed
  *   abi.c      what is checked before reading a pybind11 object's C++ value
  *   clock.c    CLOCK_MONOTONIC time, timerfd, spin_until, wake_probe
+ *   record.c   the 1 kHz recorder: one row per cycle written, into a matrix
  *   testing.c  the entry points only tests use (named _test_*)
  *   core.c     the Kernel type, its method table, the module
  */
@@ -50,6 +51,21 @@ enum { R_Q, R_DQ, R_EE, R_TAU_J, R_TAU_EXT, R_SUCCESS, R_TIME, R_TQ_TAU, R_TQ_FI
 
 /* cycle() modes. */
 enum { MODE_IMPEDANCE = 0, MODE_OSC = 1, MODE_TORQUE = 2 };
+
+/* Who served a cycle (the recorder's server column). */
+enum { SERVER_LOOP = 0, SERVER_GUARDIAN = 1, SERVER_RESCUE = 2 };
+
+/* The recorder's fields (record.c has their names and widths). */
+enum { RF_TIME_MS, RF_T, RF_Q, RF_DQ, RF_Q_DESIRED, RF_EE, RF_EE_DESIRED, RF_TAU_CMD, RF_TAU_MEAS, RF_COMPUTE,
+       RF_SERVER, RF_SUCCESS, RF_MODE, RF_COUNT };
+
+/* What the writer of a cycle knows that the kernel's arrays do not hold. */
+typedef struct {
+    int server;
+    double success;
+    long long t_read, t_write;    /* CLOCK_MONOTONIC ns: readOnce returned, writeOnce called */
+    const double *tau_measured;   /* the state's tau_J, or NULL where not read */
+} cycle_info;
 
 typedef struct {
     PyObject_HEAD
@@ -113,6 +129,20 @@ typedef struct {
     atomic_int r_error_kind;
     char r_error[512];
     atomic_llong rescued, r_episodes, r_longest_ns;
+    /* The recorder (record.c): rows of rec_width float64 in rec_rows, one per
+     * cycle written while rec_on; rec_col[f] is field f's first column or -1. */
+    Py_buffer rec_view;
+    int rec_held, rec_width, rec_wrap;
+    int rec_col[RF_COUNT];
+    double *rec_rows;
+    long long rec_cap;
+    atomic_int rec_on, rec_busy;
+    atomic_llong rec_written, rec_dropped;
+    /* Reading a field of a Python-served state from its C++ object (abi.c):
+     * the RobotState type checked once, and r_off valid (a rescue_start
+     * succeeded on this kernel). */
+    PyTypeObject *rs_type;
+    int rs_layout;
 } Kernel;
 
 /* Interned attribute names (core.c). */
@@ -130,7 +160,7 @@ void fill_pose(Kernel *self);
 void kernel_law(Kernel *self, int mode, const double *params, int paused);
 int kernel_safety(Kernel *self, double scale);
 PyObject *command_list(Kernel *self);
-void note_written(Kernel *self, long long time_ms, int finished);
+void note_written(Kernel *self, long long time_ms, int finished, const cycle_info *info);
 int lock_try(Kernel *self);
 void lock_release(Kernel *self);
 PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
@@ -174,6 +204,7 @@ extern PyGetSetDef Kernel_schedule_getset[];
 /* abi.c */
 int pybind11_value(PyObject *obj, const char *class_name, void **value, char *err, size_t n);
 PyObject *k_peek_value(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+const unsigned char *state_value(Kernel *self, PyObject *state);
 
 /* clock.c */
 long long now_ns(void);
@@ -190,10 +221,19 @@ PyObject *k_timerfd_clear(PyObject *mod, PyObject *arg);
 PyObject *k_spin_until(PyObject *mod, PyObject *arg);
 PyObject *k_wake_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 
+/* record.c */
+void record_row(Kernel *self, long long time_ms, long long t_write_ns, const cycle_info *c);
+void record_release(Kernel *self);
+PyObject *record_fields(void);
+PyObject *Kernel_record_start(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_record_stop(Kernel *self, PyObject *ignored);
+PyObject *Kernel_record_counts(Kernel *self, PyObject *ignored);
+
 /* testing.c: test-only entry points */
 PyObject *Kernel_test_impedance(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *Kernel_test_osc(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *Kernel_test_torque(Kernel *self, PyObject *arg);
+PyObject *Kernel_test_record_rows(Kernel *self, PyObject *arg);
 PyObject *k_test_flange_pose(PyObject *mod, PyObject *arg);
 PyObject *k_test_jacobian_at(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 PyObject *k_test_seqlock_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);

@@ -86,12 +86,14 @@ static int rescue_cycle(Kernel *self) {
     fill_pose(self);
     double success;
     uint64_t time_ms;
+    long long t_read = now_ns();
     memcpy(&success, st + off[R_SUCCESS], sizeof success);
     memcpy(&time_ms, st + off[R_TIME], sizeof time_ms);
     kernel_law(self, self->last_mode, self->last_params, 1);
     kernel_safety(self, self->last_scale);
     memcpy(self->r_tq + off[R_TQ_TAU], self->b[B_TAU_CMD], 7 * sizeof(double));
     self->r_tq[off[R_TQ_FINISHED]] = 0;
+    long long t_write = now_ns();
     kind = afd_write(self->r_write, self->r_ctl, self->r_tq, self->r_error, sizeof self->r_error);
     if (kind) {
         atomic_fetch_add(&self->seq, 1);
@@ -99,7 +101,8 @@ static int rescue_cycle(Kernel *self) {
         return -1;
     }
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
-    note_written(self, (long long)time_ms, 0);
+    cycle_info info = {SERVER_RESCUE, success, t_read, t_write, (const double *)(st + off[R_TAU_J])};
+    note_written(self, (long long)time_ms, 0, &info);
     self->last_success = success;
     atomic_store(&self->rescued_last, 1);
     atomic_fetch_add(&self->seq, 1);
@@ -281,6 +284,7 @@ PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     self->r_started = 1;
+    self->rs_layout = 1; /* the offsets were checked: cycles may read the state's C++ object too (abi.c) */
     Py_RETURN_NONE;
 }
 

@@ -397,7 +397,9 @@ class Cycle:
             params, scale = self._zero_params, 0.0
         if params is self._zero_params:
             mode = TORQUE
-        served = self.kernel.cycle(self.ctl, self._torques_type, mode, scale, finishing, *params)
+        # flags: bit 0 finish if zero, bit 1 the guardian serves (the recorder's server column)
+        served = self.kernel.cycle(self.ctl, self._torques_type, mode, scale, finishing | (from_guardian << 1),
+                                   *params)
         if served is None:
             self.after_rescue(from_guardian)
             return False

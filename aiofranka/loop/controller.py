@@ -28,6 +28,7 @@ from ._cycle import Cycle, user_error
 from ._schedule import Schedule
 from .command import MODES, SETTABLE, Commands
 from .guardian import Guardian, watch_gc
+from .recorder import Recorder
 from .trajectory import TargetRows, follow, plan_joint_motion
 
 __all__ = ["Controller", "FrankaController", "MODES", "SETTABLE"]
@@ -576,6 +577,19 @@ class Controller:
         if not self.running:
             return self._robot.read()
         return self._cycle.snapshot()
+
+    def record(self, fields=None, *, seconds: float = 10.0, overwrite: bool = False) -> Recorder:
+        """Record ``fields`` (None: all; see docs/recorder.md) of every cycle from the next one on.
+
+        The kernel writes one row per cycle served (by the loop, the guardian or
+        the rescue thread) into a ring of ``seconds`` x 1,000 rows; when it is
+        full the first rows are kept, or with ``overwrite`` the latest, and
+        :attr:`Recorder.dropped` counts the rest. One recording at a time;
+        stop it with :meth:`Recorder.stop` or use it as a (async) context manager.
+        """
+        if self._closed:
+            raise ControllerStateError("the controller is closed")
+        return Recorder(self._kernel, fields, seconds=seconds, overwrite=overwrite)
 
     def publish_to(self, frame, mass=None) -> None:
         """Have every cycle copy the state into ``frame`` (a shared buffer) under a seqlock; ``None`` stops."""
