@@ -85,6 +85,12 @@ def _fastest(slopes: np.ndarray) -> np.ndarray:
     return slopes[index, np.arange(slopes.shape[1])]
 
 
+def _join_points(points: np.ndarray, x_start: float) -> np.ndarray:
+    """The waypoints up to where the longest join ends: the steps a join is held to are the ones around
+    it (a later, faster part of a chunk that a newer chunk replaces is never executed)."""
+    return points[: max(2, int(math.floor(x_start + 1.0)) + int(MAX_JOIN_STEPS) + 2)]
+
+
 def _near_start(x: np.ndarray, x_start: float) -> np.ndarray:
     return (x - x_start) < MAX_JOIN_STEPS
 
@@ -143,7 +149,7 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
         near = _near_start(x, x_start)
         segment_slope = _fastest(points[i0[near] + 1] - points[i0[near]])
         steps = max(join_steps(np.abs(offset).max(), join_speed, period_ms),
-                    step_bounded_join(offset, segment_slope, points, 1.0, 1.0))
+                    step_bounded_join(offset, segment_slope, _join_points(points, x_start), 1.0, 1.0))
         rows = path + _fade(x, x_start, steps)[:, None] * offset
         return rows, np.zeros_like(rows)
     if mode != "cubic":
@@ -170,7 +176,8 @@ def joint_rows(previous, waypoints, x_start: float, current, period_ms: float, *
     # within the interpolation step.
     near_slope = _fastest(slope[_near_start(x, x_start)])
     length = max(join_steps(np.abs(offset).max(), join_speed, period_ms),
-                 step_bounded_join(offset, near_slope, points, 1.5, 1.5, np.abs(offset_slope) / 3.0))
+                 step_bounded_join(offset, near_slope, _join_points(points, x_start), 1.5, 1.5,
+                                   np.abs(offset_slope) / 3.0))
     u = np.clip((x - x_start) / length, 0.0, 1.0)
     inside = (x - x_start) < length
     g00, g10, _, _ = _hermite(u)
