@@ -18,6 +18,7 @@
  *   rescue.c   the GIL-free rescue thread; direct.cpp the libfranka calls
  *   watch.c    when the next state is due, and the watch thread that wakes
  *              the guardian only when a due cycle went unclaimed
+ *   attrib.c   a ring of the cycles that saw a gap in robot time (why states were lost)
  *   abi.c      what is checked before reading a pybind11 object's C++ value
  *   clock.c    CLOCK_MONOTONIC time, timerfd, spin_until, wake_probe
  *   testing.c  the entry points only tests use (named _test_*)
@@ -113,6 +114,8 @@ typedef struct {
     atomic_int r_error_kind;
     char r_error[512];
     atomic_llong rescued, r_episodes, r_longest_ns;
+    /* Why states were lost (attrib.c): NULL until attrib_start(). */
+    struct attrib *attrib;
 } Kernel;
 
 /* Interned attribute names (core.c). */
@@ -170,6 +173,16 @@ PyObject *Kernel_watch_counters(Kernel *self, PyObject *ignored);
 PyObject *Kernel_due(Kernel *self, PyObject *ignored);
 PyObject *Kernel_restart_schedule(Kernel *self, PyObject *ignored);
 extern PyGetSetDef Kernel_schedule_getset[];
+
+/* attrib.c */
+void attrib_free(Kernel *self);
+void attrib_begin(Kernel *self);
+void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long long t_call, long long t_read,
+                  long long t_write);
+void attrib_probe(Kernel *self);
+PyObject *Kernel_attrib_start(Kernel *self, PyObject *ignored);
+PyObject *Kernel_attrib_read(Kernel *self, PyObject *arg);
+PyObject *k_attrib_fields(PyObject *mod, PyObject *ignored);
 
 /* abi.c */
 int pybind11_value(PyObject *obj, const char *class_name, void **value, char *err, size_t n);
