@@ -622,8 +622,10 @@ def main(argv=None) -> None:
     floors = [floor(args.floor_seconds, "before")] if args.floor_seconds > 0 else []
     runs = []
     for r, load, contender in tqdm(plan, desc="versus", unit="run", file=sys.stderr):
+        started = time.monotonic()
         run = run_one(contender, load, args)
         run["round"] = r + 1
+        run["run_s"] = time.monotonic() - started
         runs.append(run)
         for line in run_lines(run):
             tqdm.write(line, file=sys.stdout)
