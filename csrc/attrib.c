@@ -30,14 +30,15 @@ enum { A_TIME_MS, A_PREV_MS, A_PREV_WRITE, A_DUE, A_CALL, A_READ, A_WRITE, A_TID
 struct attrib {
     long long ring[ATTRIB_RING][A_FIELDS];
     atomic_llong count;   /* records pushed; record i lives in ring[i % ATTRIB_RING] */
-    long long prev_ms, prev_write, prev_tid, prev_kind;
+    long long prev_ms, prev_write, prev_tid, prev_kind, cycles, gen;
     atomic_int py_tid;    /* the thread of the last Python cycle (the watch thread probes it) */
     atomic_llong probe, probe_at;
 };
 
 /* Per thread: its id, its schedstat descriptor, and its figures at its last cycle's end. */
 static __thread int t_tid, t_fd = -1;
-static __thread long long t_end_cpu = -1, t_end_delay, t_end_wall, t_start_cpu, t_start_delay;
+static __thread long long t_end_cpu = -1, t_end_delay, t_end_wall, t_start_cpu, t_start_delay, t_gen;
+static atomic_llong generation; /* a thread's figures count only within the recording they were read in */
 static pthread_key_t fd_key;
 static pthread_once_t fd_once = PTHREAD_ONCE_INIT;
 
@@ -97,7 +98,7 @@ void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long
         r[A_KIND] = kind;
         r[A_PREV_TID] = a->prev_tid;
         r[A_PREV_KIND] = a->prev_kind;
-        int known = kind == 0 && t_end_cpu >= 0 && t_start_cpu >= 0;
+        int known = kind == 0 && t_gen == a->gen && t_end_cpu >= 0 && t_start_cpu >= 0;
         r[A_CPU] = known ? t_start_cpu - t_end_cpu : -1;
         r[A_DELAY] = known ? t_start_delay - t_end_delay : -1;
         r[A_WINDOW] = known ? t_call - t_end_wall : -1;
@@ -106,6 +107,7 @@ void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long
         r[A_PERIOD] = atomic_load(&self->s_period);
         atomic_store(&a->count, i + 1); /* the record is whole before it is counted */
     }
+    a->cycles++;
     a->prev_ms = time_ms;
     a->prev_write = t_write;
     a->prev_tid = tid;
@@ -114,6 +116,7 @@ void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long
         atomic_store(&a->py_tid, (int)tid);
         if (schedstat(&t_end_cpu, &t_end_delay) < 0) t_end_cpu = -1;
         t_end_wall = now_ns();
+        t_gen = a->gen;
     }
 }
 
@@ -151,8 +154,13 @@ PyObject *Kernel_attrib_start(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     while (!lock_try(self)) sched_yield();
     Py_END_ALLOW_THREADS
     atomic_store(&a->count, 0);
-    a->prev_ms = -1;
-    a->prev_write = a->prev_tid = a->prev_kind = 0;
+    /* The cycle before the first one recorded is the last one written (its
+     * thread unknown: prev_tid 0). */
+    a->prev_ms = self->last_time_ms;
+    a->prev_write = atomic_load(&self->last_write_ns);
+    a->prev_kind = atomic_load(&self->rescued_last);
+    a->prev_tid = a->cycles = 0;
+    a->gen = atomic_fetch_add(&generation, 1) + 1;
     atomic_store(&a->probe, -2);
     atomic_store(&a->probe_at, 0);
     self->attrib = a;
@@ -160,14 +168,15 @@ PyObject *Kernel_attrib_start(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-/* attrib_read(since) -> (count, bytes): the records numbered since..count-1
- * still in the ring, as int64 rows of ATTRIB_FIELDS; count is the number
- * pushed so far (records before count - ring size are gone). */
+/* attrib_read(since) -> (count, bytes, cycles): the records numbered
+ * since..count-1 still in the ring, as int64 rows of ATTRIB_FIELDS; count is
+ * the number pushed so far (records before count - ring size are gone);
+ * cycles, the cycles written since attrib_start. */
 PyObject *Kernel_attrib_read(Kernel *self, PyObject *arg) {
     long long since = PyLong_AsLongLong(arg);
     if (since == -1 && PyErr_Occurred()) return NULL;
     struct attrib *a = self->attrib;
-    if (!a) return Py_BuildValue("(Ly#)", 0LL, "", (Py_ssize_t)0);
+    if (!a) return Py_BuildValue("(Ly#L)", 0LL, "", (Py_ssize_t)0, 0LL);
     long long rows[ATTRIB_RING][A_FIELDS];
     long long count = atomic_load(&a->count), first = since < 0 ? 0 : since;
     if (first < count - ATTRIB_RING) first = count - ATTRIB_RING;
@@ -177,7 +186,8 @@ PyObject *Kernel_attrib_read(Kernel *self, PyObject *arg) {
     long long after = atomic_load(&a->count), skip = after - ATTRIB_RING - first;
     if (skip < 0) skip = 0;
     if (skip > n) skip = n;
-    return Py_BuildValue("(Ly#)", count, (const char *)rows[skip], (Py_ssize_t)((n - skip) * sizeof rows[0]));
+    return Py_BuildValue("(Ly#L)", count, (const char *)rows[skip], (Py_ssize_t)((n - skip) * sizeof rows[0]),
+                         a->cycles);
 }
 
 PyObject *k_attrib_fields(PyObject *mod, PyObject *Py_UNUSED(ignored)) {

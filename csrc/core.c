@@ -178,7 +178,7 @@ static PyMethodDef Kernel_methods[] = {
     {"attrib_start", (PyCFunction)Kernel_attrib_start, METH_NOARGS,
      "attrib_start(): record each cycle that saw a gap in robot time (see attrib_read)"},
     {"attrib_read", (PyCFunction)Kernel_attrib_read, METH_O,
-     "attrib_read(since) -> (count, bytes): gap records since..count-1 as int64 rows (attrib_fields())"},
+     "attrib_read(since) -> (count, bytes, cycles): gap records since..count-1 as int64 rows (attrib_fields())"},
     {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
      "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running, rescue_error)"},
     /* test-only (testing.c) */

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
+import numpy as np
 import pytest
 
-from aiofranka.loop.attribution import EPOLL, FUTEX, RUNNING, UNPROBED, Gap, breakdown, classify
+from aiofranka.loop.attribution import EPOLL, FUTEX, RUNNING, UNPROBED, Gap, GapReader, breakdown, classify
+from aiofranka.robot.state import StateBuffer
 
 MS = 1_000_000
 LOOP, GUARDIAN = 100, 101
@@ -82,3 +85,78 @@ def test_breakdown_sums_lost_states_per_category():
     assert out["GIL wait"]["lost"] == 2
     assert out["unknown"]["lost"] == 2
     assert sum(entry["lost"] for entry in out.values()) == sum(g.lost for g in gaps)
+
+
+# -- the kernel's ring, driven by a stand-in control object (no robot) ------------
+
+
+class _Time:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def to_sec(self) -> float:
+        return self.ms / 1000.0
+
+
+class _State:
+    def __init__(self, ms: int) -> None:
+        self.q = [0.0, 0.0, 0.0, -1.5, 0.0, 1.5, 0.0]
+        self.dq = [0.0] * 7
+        self.O_T_EE = [1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0, 0.3, 0, 0.5, 1.0]
+        self.time = _Time(ms)
+        self.control_command_success_rate = 1.0
+
+
+class _Control:
+    """Hands out states with the given robot times, as readOnce does."""
+
+    def __init__(self, times) -> None:
+        self._times = iter(times)
+
+    def readOnce(self):  # noqa: N802 - pylibfranka's name
+        return _State(next(self._times)), None
+
+    def writeOnce(self, command) -> None:  # noqa: N802
+        pass
+
+
+def _serve(kernel, control, n: int) -> None:
+    zero = np.zeros(7)
+    for _ in range(n):
+        kernel.cycle(control, list, 2, 0.0, False, zero)  # torque mode, zero torque
+
+
+def test_the_kernel_records_each_gap_and_only_gaps():
+    buf = StateBuffer()
+    kernel = buf.kernel
+    kernel.new_session()
+    control = _Control([1, 3, 4, 8, 9, 10, 13, 14])
+    _serve(kernel, control, 3)  # a gap before recording starts: not recorded
+    reader = GapReader(kernel)
+    reader.start()
+    _serve(kernel, control, 5)
+    gaps = reader.read()
+    assert [(g.prev_ms, g.time_ms, g.lost) for g in gaps] == [(4, 8, 3), (10, 13, 2)]
+    assert kernel.counters()[0] == 1 + 3 + 2
+    assert reader.cycles == 5
+    first, second = gaps
+    assert first.prev_tid == 0  # written before recording started: its thread is not known
+    assert second.tid == second.prev_tid == threading.get_native_id() and second.kind == second.prev_kind == 0
+    assert second.prev_write_ns < second.call_ns < second.read_ns <= second.write_ns
+    assert second.cpu_ns >= 0 and second.delay_ns >= 0 and second.window_ns >= 0  # schedstat was read
+    # The first gap's cycle is this thread's first since start(): what it did before is not known.
+    assert first.cpu_ns == -1
+    assert classify(first)[0] != "handover"  # an unknown writer is not a change of writer
+    assert reader.read() == []  # read once
+
+
+def test_records_beyond_the_ring_are_counted_as_missed():
+    buf = StateBuffer()
+    kernel = buf.kernel
+    kernel.new_session()
+    reader = GapReader(kernel)
+    reader.start()
+    _serve(kernel, _Control(range(0, 3 * 700, 3)), 700)  # 699 gaps of 2 states
+    gaps = reader.read()
+    assert len(gaps) + reader.missed == 699 and 0 < len(gaps) < 699
+    assert gaps[-1].time_ms == 3 * 699

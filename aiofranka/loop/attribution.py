@@ -41,7 +41,8 @@ class Gap:
     """One cycle that saw a gap in robot time, with the cycle written before it.
 
     Times are CLOCK_MONOTONIC ns. ``kind``: 0 a Python thread (event loop or
-    guardian, told apart by ``tid``), 1 the rescue thread. ``cpu_ns``,
+    guardian, told apart by ``tid``; ``prev_tid`` 0: not known, the cycle
+    before recording started), 1 the rescue thread. ``cpu_ns``,
     ``delay_ns``, ``window_ns``: what the serving Python thread did between
     its own previous cycle and this call (CPU time, run-queue wait, wall
     time; -1 unknown). ``probe``: what the watch thread found the loop's
@@ -84,7 +85,7 @@ def classify(gap: Gap, roles: dict[int, str] | None = None) -> tuple[str, str]:
     """(category, detail) for one gap; ``roles`` names threads by id (``{tid: "loop"}``)."""
     roles = roles or {}
     period = gap.period_ns if gap.period_ns > 0 else 1_000_000
-    if gap.kind != gap.prev_kind or (gap.kind == 0 and gap.tid != gap.prev_tid):
+    if gap.kind != gap.prev_kind or (gap.kind == 0 and gap.prev_tid and gap.tid != gap.prev_tid):
         return "handover", f"{_role(gap.prev_kind, gap.prev_tid, roles)} -> {_role(gap.kind, gap.tid, roles)}"
     late = gap.call_ns - gap.due_ns if gap.due_ns > 0 else None
     if late is None or late < period // 2:
@@ -128,6 +129,7 @@ class GapReader:
         self._kernel = kernel
         self._next = 0
         self.missed = 0  #: records overwritten before they were read
+        self.cycles = 0  #: cycles written since start(), as of the last read
 
     def start(self) -> None:
         """Record from now on (clears earlier records)."""
@@ -137,7 +139,7 @@ class GapReader:
 
     def read(self) -> list[Gap]:
         """The records pushed since the last read."""
-        count, data = self._kernel.attrib_read(self._next)
+        count, data, self.cycles = self._kernel.attrib_read(self._next)
         rows = np.frombuffer(data, dtype=np.int64).reshape(-1, len(FIELDS))
         self.missed += count - self._next - len(rows)
         self._next = count
