@@ -56,8 +56,12 @@ LOAD_NAMES = {"L0": "idle", "L1": "pure-Python thread spinning", "L2": "event lo
 CONTENDERS = ("ours", "ours-uvloop", "legacy", "bare", "franka-rs")
 POLICY_HZ = 30.0
 SETTLE_S = 1.0
-#: Seconds a run takes beyond --seconds: simulator and child start, connection, settle, stop.
-OVERHEAD_S = {"L0": 8.0, "L1": 8.0, "L2": 8.0, "L3": 12.0, "L4": 12.0}
+#: Seconds a run takes beyond --seconds (simulator and child start, connection, settle, stop),
+#: measured here: by contender, plus more for a load that imports torch or starts a child.
+OVERHEAD_S = {"ours": 2.0, "ours-uvloop": 2.0, "bare": 2.0, "franka-rs": 2.0, "legacy": 5.5}
+LOAD_OVERHEAD_S = {"L0": 0.0, "L1": 0.0, "L2": 0.0, "L3": 1.5, "L4": 0.5}
+#: franka-rs has no offload helpers of its own (CudaInferenceThread, mpify): L3 and L4 are not run with it.
+UNSUPPORTED = {("franka-rs", "L3"), ("franka-rs", "L4")}
 
 
 # --------------------------------------------------------------------------- loads (in the child)
@@ -149,10 +153,15 @@ class Load:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.name in ("L3", "L4") and getattr(self, "_trips", None):
+        if self.name in ("L3", "L4"):
             trips = sorted(self._trips)
-            self.figures["policy_p50_ms"] = trips[len(trips) // 2] / 1e6
             self.figures["policy_calls"] = len(trips)
+            if trips:
+                self.figures["policy_p50_ms"] = trips[len(trips) // 2] / 1e6
+            stats = getattr(self._runner, "stats", None)  # ours: where the round trip goes
+            if stats is not None and stats.calls:
+                self.figures["mlp_queue_wait_p50_ms"] = stats.queue_wait.p50_us / 1000.0
+                self.figures["mlp_run_p50_ms"] = stats.run.p50_us / 1000.0
 
     def close(self) -> None:
         if self._runner is not None:
@@ -525,6 +534,10 @@ def run_lines(run: dict) -> list[str]:
         extra += f" worker {run['worker_iterations'] / 1e6:.1f}M"
     if "policy_p50_ms" in run:
         extra += f" policy p50 {run['policy_p50_ms']:.2f} ms"
+    if "mlp_run_p50_ms" in run:
+        extra += f" (queue {run['mlp_queue_wait_p50_ms']:.2f}, forward {run['mlp_run_p50_ms']:.2f})"
+    if run.get("policy_calls") == 0:
+        extra += " policy: no call completed"
     lines = [f"round {run.get('round', '?')} {run['load']} {run['contender']:<12} lost/1k {lost} "
              f"(lost {run.get('lost', '-')}, longest gap {run.get('longest_gap_ms', '-')} ms) "
              f"sim {fmt(run.get('sim_states_per_s'), '.0f')}/s{extra}{err}"]
@@ -590,8 +603,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def expected_seconds(n_runs_by_load: dict[str, int], seconds: float, floor_seconds: float) -> float:
-    return sum(n * (seconds + SETTLE_S + OVERHEAD_S[load]) for load, n in n_runs_by_load.items()) + 2 * floor_seconds
+def expected_seconds(runs: list[tuple[str, str]], seconds: float, floor_seconds: float) -> float:
+    """The plan's expected wall time: (contender, load) runs of ``seconds``, and the two floors."""
+    return sum(seconds + OVERHEAD_S[c] + LOAD_OVERHEAD_S[load] for c, load in runs) + 2 * floor_seconds
 
 
 def main(argv=None) -> None:
@@ -610,9 +624,11 @@ def main(argv=None) -> None:
     for contender, why in skipped.items():
         print(f"{contender}: {why}", flush=True)
     plan = [(r, load, c) for r in range(args.rounds) for load in args.loads
-            for c in (contenders if r % 2 == 0 else contenders[::-1])]
-    eta = expected_seconds({load: sum(1 for p in plan if p[1] == load) for load in args.loads}, args.seconds,
-                           args.floor_seconds)
+            for c in (contenders if r % 2 == 0 else contenders[::-1]) if (c, load) not in UNSUPPORTED]
+    for c, load in sorted(UNSUPPORTED):
+        if c in contenders and load in args.loads:
+            print(f"{c}: {load} not run (no offload helper of its own)")
+    eta = expected_seconds([(c, load) for _, load, c in plan], args.seconds, args.floor_seconds)
     print(f"{len(plan)} runs ({args.rounds} rounds x {len(args.loads)} loads x {len(contenders)} contenders) of "
           f"{args.seconds:g} s: expected about {eta / 60:.0f} min", flush=True)
     if args.dry_run or not plan:
