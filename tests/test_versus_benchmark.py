@@ -10,12 +10,12 @@ import sys
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "versus.py")
 
 
-def versus(*args: str) -> subprocess.CompletedProcess:
+def run_versus(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=120)
 
 
 def test_the_full_run_is_planned_within_25_minutes():
-    done = versus("--dry-run", "--contenders", "ours,ours-uvloop,bare")
+    done = run_versus("--dry-run", "--contenders", "ours,ours-uvloop,bare")
     assert done.returncode == 0, done.stderr
     plan = re.search(r"(\d+) runs \(3 rounds x 5 loads x 3 contenders\) of 15 s: expected about (\d+) min",
                      done.stdout)
@@ -33,7 +33,7 @@ def test_the_full_run_is_planned_within_25_minutes():
 
 
 def test_an_absent_peer_is_said_so_and_left_out():
-    done = versus("--dry-run", "--contenders", "ours,legacy,franka-rs", "--loads", "L0")
+    done = run_versus("--dry-run", "--contenders", "ours,legacy,franka-rs", "--loads", "L0")
     assert done.returncode == 0, done.stderr
     assert "legacy: not measured (no --legacy-venv)" in done.stdout
     assert "franka-rs: not measured (no --franka-rs-venv)" in done.stdout
@@ -42,9 +42,9 @@ def test_an_absent_peer_is_said_so_and_left_out():
 
 
 def test_bad_filters_name_the_option():
-    done = versus("--loads", "L0,L9")
+    done = run_versus("--loads", "L0,L9")
     assert done.returncode == 2 and "--loads must be a comma-separated subset of L0,L1,L2,L3,L4" in done.stderr
-    done = versus("--contenders", "theirs")
+    done = run_versus("--contenders", "theirs")
     assert done.returncode == 2 and "--contenders must be" in done.stderr
-    done = versus("--rounds", "0")
+    done = run_versus("--rounds", "0")
     assert done.returncode == 2 and "--rounds must be at least 1" in done.stderr
