@@ -70,8 +70,9 @@ UNSUPPORTED = {("franka-rs", "L3"), ("franka-rs", "L4")}
 class Load:
     """One load: ``prepare`` before the loop starts, ``start``/``stop`` around the window."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, torch_threads: int = 0) -> None:
         self.name = name
+        self.torch_threads = torch_threads
         self.stop_event: asyncio.Event | None = None
         self.figures: dict = {}
         self._tasks: list = []
@@ -86,6 +87,8 @@ class Load:
 
             from aiofranka import CudaInferenceThread
 
+            if self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
             model = make_mlp(torch)
             x = torch.zeros(1, 64)
 
@@ -378,8 +381,8 @@ class FrankaRs:
 DRIVERS = {"ours": Ours, "ours-uvloop": Ours, "bare": Bare, "legacy": Legacy, "franka-rs": FrankaRs}
 
 
-async def child_main(contender: str, load_name: str, seconds: float, host: str) -> dict:
-    load = Load(load_name)
+async def child_main(contender: str, load_name: str, seconds: float, host: str, torch_threads: int = 0) -> dict:
+    load = Load(load_name, torch_threads)
     out: dict = {"contender": contender, "load": load_name, "seconds": seconds, "error": None}
     driver = None
     try:
@@ -419,9 +422,9 @@ def child(args: argparse.Namespace) -> None:
     if args.contender == "ours-uvloop":
         import uvloop
 
-        result = uvloop.run(child_main(args.contender, args.load, args.seconds, args.host))
+        result = uvloop.run(child_main(args.contender, args.load, args.seconds, args.host, args.torch_threads))
     else:
-        result = asyncio.run(child_main(args.contender, args.load, args.seconds, args.host))
+        result = asyncio.run(child_main(args.contender, args.load, args.seconds, args.host, args.torch_threads))
     print("VERSUS " + json.dumps(result), flush=True)
 
 
@@ -466,7 +469,7 @@ def run_one(contender: str, load: str, args: argparse.Namespace) -> dict:
     env = clean_env() if contender in ("legacy", "franka-rs") else dict(os.environ)
     with Simulator() as sim:
         cmd = [python, os.path.abspath(__file__), "--child", "--contender", contender, "--load", load,
-               "--seconds", str(args.seconds), "--host", sim.host]
+               "--seconds", str(args.seconds), "--host", sim.host, "--torch-threads", str(args.torch_threads)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE,
                                   timeout=args.seconds + 180)
@@ -589,6 +592,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--franka-rs-venv", help="a venv with franka-rs installed")
     parser.add_argument("--floor-seconds", type=float, default=3.0,
                         help="seconds of the machine-floor probe before and after (0: skip)")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="L3: torch.set_num_threads(N) in every contender's process (default 0: torch's own "
+                             "default, one per core, as a new user gets it)")
     parser.add_argument("--json", help="write runs, floors and the summary to this file")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the expected duration only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -598,6 +604,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.torch_threads < 0:
+        parser.error(f"--torch-threads must be 0 (torch's default) or more, got {args.torch_threads}")
     if args.seconds <= 0:
         parser.error(f"--seconds must be positive, got {args.seconds}")
     return args
