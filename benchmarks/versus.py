@@ -215,7 +215,7 @@ class Ours:
                 "guardian": s.guardian_cycles, "rescued": s.rescued_cycles, "stalls": s.stalls}
 
     def figures(self, m0: dict, m1: dict) -> dict:
-        from aiofranka.loop.attribution import breakdown
+        from aiofranka.loop.attribution import breakdown, classify
 
         guardian = self.controller._guardian or self.controller._last_guardian
         roles = {self.loop_tid: "loop"}
@@ -226,6 +226,10 @@ class Ours:
                 "rescued_cycles": m1["rescued"] - m0["rescued"], "stalls": m1["stalls"] - m0["stalls"],
                 "longest_gap_ms": max((g.lost + 1 for g in self.gaps), default=1),
                 "attribution": breakdown(self.gaps, roles), "attribution_missed": self.reader.missed,
+                "gaps": [{"lost": g.lost, "cause": " / ".join(classify(g, roles)),
+                          "late_us": (g.call_ns - g.due_ns) / 1e3 if g.due_ns else None,
+                          "after_last_write_us": (g.call_ns - g.prev_write_ns) / 1e3}
+                         for g in self.gaps[:100]],
                 "culprits": [str(c) for c in stats.culprits][:5], "compute_p99_us": stats.compute.p99_us}
 
     async def stop(self) -> None:
