@@ -527,7 +527,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     for load, contender in keys:
         rs = [r for r in runs if r["load"] == load and r["contender"] == contender]
         ok = [r for r in rs if r.get("lost_per_1000") is not None]
-        row = {"load": load, "contender": contender, "runs": len(rs), "errors": [r["error"] for r in rs if r.get("error")]}
+        row = {"load": load, "contender": contender, "runs": len(rs),
+               "errors": [r["error"] for r in rs if r.get("error")]}
         for key in ("lost_per_1000", "longest_gap_ms", "guardian_cycles", "rescued_cycles", "worker_iterations",
                     "policy_p50_ms", "sim_states_per_s"):
             vals = [r.get(key) for r in ok]
@@ -600,7 +601,8 @@ def parse_list(text: str, allowed: tuple, what: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     bad = [item for item in items if item not in allowed]
     if bad or not items:
-        raise argparse.ArgumentTypeError(f"{what} must be a comma-separated subset of {','.join(allowed)}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"{what} must be a comma-separated subset of {','.join(allowed)}, got {text!r}")
     return items
 
 
@@ -611,7 +613,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--loads", type=lambda t: parse_list(t, LOADS, "--loads"), default=list(LOADS),
                         help="comma-separated loads (default all: L0,L1,L2,L3,L4)")
     parser.add_argument("--contenders", type=lambda t: parse_list(t, CONTENDERS, "--contenders"),
-                        default=list(CONTENDERS), help=f"comma-separated contenders (default all: {','.join(CONTENDERS)})")
+                        default=list(CONTENDERS),
+                        help=f"comma-separated contenders (default all: {','.join(CONTENDERS)})")
     parser.add_argument("--legacy-venv", help="a venv with aiofranka==0.9.0 (and torch) installed")
     parser.add_argument("--franka-rs-venv", help="a venv with franka-rs installed")
     parser.add_argument("--floor-seconds", type=float, default=3.0,
