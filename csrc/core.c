@@ -95,6 +95,7 @@ static void Kernel_dealloc(Kernel *self) {
     Py_CLEAR(self->rs_type);
     Kernel_release(self);
     Kernel_unpublish(self);
+    attrib_free(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -182,6 +183,10 @@ static PyMethodDef Kernel_methods[] = {
     {"watch_stop", (PyCFunction)Kernel_watch_stop, METH_NOARGS, "stop and join the watch thread"},
     {"watch_counters", (PyCFunction)Kernel_watch_counters, METH_NOARGS,
      "watch_counters() -> (timer_fires, reports) since watch_start"},
+    {"attrib_start", (PyCFunction)Kernel_attrib_start, METH_NOARGS,
+     "attrib_start(): record each cycle that saw a gap in robot time (see attrib_read)"},
+    {"attrib_read", (PyCFunction)Kernel_attrib_read, METH_O,
+     "attrib_read(since) -> (count, bytes, cycles): gap records since..count-1 as int64 rows (attrib_fields())"},
     {"counters", (PyCFunction)Kernel_counters, METH_NOARGS,
      "counters() -> (lost, rescued, rescue_episodes, longest_rescue_ns, rescue_running, rescue_error)"},
     /* test-only (testing.c) */
@@ -223,6 +228,7 @@ static PyTypeObject KernelType = {
 /* ---- the module ----------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
+    {"attrib_fields", (PyCFunction)k_attrib_fields, METH_NOARGS, "the columns of Kernel.attrib_read's rows"},
     {"timerfd_create", (PyCFunction)k_timerfd_create, METH_NOARGS, "a non-blocking CLOCK_MONOTONIC timerfd"},
     {"timerfd_arm", FASTCALL(k_timerfd_arm), "arm a timerfd for an absolute monotonic deadline in ns"},
     {"timerfd_clear", (PyCFunction)k_timerfd_clear, METH_O, "consume a timerfd's expirations"},

@@ -128,6 +128,7 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     }
     schedule_claim(self); /* before anything can fail: this cycle is being served */
+    long long due = atomic_load(&self->s_due); /* for attrib.c: when the state we serve was due */
     PyObject *ctl = args[0], *torques_type = args[1];
     long mode = PyLong_AsLong(args[2]);
     double scale = PyFloat_AsDouble(args[3]);
@@ -175,6 +176,7 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
         self->last_mode = (int)mode;
         self->last_scale = scale;
     }
+    attrib_begin(self);
     long long t_call = now_ns();
     PyObject *pair = PyObject_CallMethodNoArgs(ctl, s_readOnce);
     if (!pair) goto fail_libfranka;
@@ -241,6 +243,7 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
         }
     }
     note_written(self, time_ms, finished, &info);
+    attrib_cycle(self, 0, time_ms, due, t_call, t_read, t_write);
     schedule_observe(self, t_read, time_ms, finished);
     self->last_success = success;
     atomic_store(&self->rescued_last, 0);

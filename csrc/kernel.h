@@ -18,6 +18,7 @@
  *   rescue.c   the GIL-free rescue thread; direct.cpp the libfranka calls
  *   watch.c    when the next state is due, and the watch thread that wakes
  *              the guardian only when a due cycle went unclaimed
+ *   attrib.c   a ring of the cycles that saw a gap in robot time (why states were lost)
  *   abi.c      what is checked before reading a pybind11 object's C++ value
  *   clock.c    CLOCK_MONOTONIC time, timerfd, spin_until, wake_probe
  *   record.c   the 1 kHz recorder: one row per cycle written, into a matrix
@@ -143,6 +144,8 @@ typedef struct {
      * succeeded on this kernel). */
     PyTypeObject *rs_type;
     int rs_layout;
+    /* Why states were lost (attrib.c): NULL until attrib_start(). */
+    struct attrib *attrib;
 } Kernel;
 
 /* Interned attribute names (core.c). */
@@ -200,6 +203,16 @@ PyObject *Kernel_watch_counters(Kernel *self, PyObject *ignored);
 PyObject *Kernel_due(Kernel *self, PyObject *ignored);
 PyObject *Kernel_restart_schedule(Kernel *self, PyObject *ignored);
 extern PyGetSetDef Kernel_schedule_getset[];
+
+/* attrib.c */
+void attrib_free(Kernel *self);
+void attrib_begin(Kernel *self);
+void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long long t_call, long long t_read,
+                  long long t_write);
+void attrib_probe(Kernel *self);
+PyObject *Kernel_attrib_start(Kernel *self, PyObject *ignored);
+PyObject *Kernel_attrib_read(Kernel *self, PyObject *arg);
+PyObject *k_attrib_fields(PyObject *mod, PyObject *ignored);
 
 /* abi.c */
 int pybind11_value(PyObject *obj, const char *class_name, void **value, char *err, size_t n);

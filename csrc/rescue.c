@@ -71,6 +71,7 @@ int afd_write(void *fn, void *ctl, const void *torques, char *msg, size_t n);
 /* One cycle on the C++ objects; the caller holds the cycle lock. 0, or -1
  * after storing libfranka's error. */
 static int rescue_cycle(Kernel *self) {
+    long long t_call = now_ns();
     int kind = afd_read(self->r_read, self->r_ctl, self->r_state, self->r_error, sizeof self->r_error);
     if (kind) {
         atomic_store(&self->r_error_kind, kind);
@@ -103,6 +104,7 @@ static int rescue_cycle(Kernel *self) {
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     cycle_info info = {SERVER_RESCUE, success, t_read, t_write, (const double *)(st + off[R_TAU_J])};
     note_written(self, (long long)time_ms, 0, &info);
+    attrib_cycle(self, 1, (long long)time_ms, atomic_load(&self->s_due), t_call, t_read, t_write);
     self->last_success = success;
     atomic_store(&self->rescued_last, 1);
     atomic_fetch_add(&self->seq, 1);

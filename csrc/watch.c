@@ -167,6 +167,7 @@ static void *watch_main(void *arg) {
             timer_arm(self->w_timer, seen_at + threshold);
             continue;
         }
+        attrib_probe(self); /* what the loop's thread is in, for attrib.c (only when off schedule) */
         atomic_store(&self->w_stalled, epoch);
         atomic_fetch_add(&self->w_reports, 1);
         event_signal(self->w_wake);
