@@ -159,6 +159,14 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
         for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
         return rescue_raise(self);
     }
+    if (atomic_load(&self->finished)) {
+        /* Another Python thread (the guardian, or the loop) met libfranka's
+         * error, or wrote motion_finished: nothing more to read. Its own
+         * error reaches the session; reading again would wait forever. */
+        lock_release(self);
+        for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&v[i]);
+        Py_RETURN_NONE;
+    }
     if (atomic_load(&self->rescued_last) && self->r_fd >= 0 && !state_waiting(self->r_fd, 0)) {
         /* The rescue thread served the state that woke us: nothing to read. */
         lock_release(self);
