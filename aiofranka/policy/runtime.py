@@ -374,30 +374,43 @@ class InferenceRuntime:
             except BaseException:
                 s.cancel_request()
                 raise
-            elapsed = self.now() - started
-            self._bootstrap_requests += 1
-            if hinted and elapsed > SLOW_RTC_BOOTSTRAP_S:
-                message = (f"a bootstrap request carrying RTC hints took {elapsed * 1000:.0f} ms "
-                           f"(more than {SLOW_RTC_BOOTSTRAP_S * 1000:.0f} ms): the hints will be stale by then")
-                if self.slow_rtc_bootstrap == "abort":
-                    s.cancel_request()
-                    raise PolicyError(message + "; aborted (slow_rtc_bootstrap='abort')")
-                if not warned:
-                    warnings.warn(message, RuntimeWarning, stacklevel=4)
-                    warned = True
-            if index >= self.warmup_requests:
-                durations.append(elapsed)
+            warned = self._book_bootstrap(index, hinted, self.now() - started, durations, warned)
             if index < total - 1:
-                chunk = self._prepare(reply, frame, executor)
-                s.check_chunk_length(len(chunk))
-                s.cancel_request()
-                seed = chunk
+                seed = self._bootstrap_seed(reply, frame, executor)
             else:
-                if durations:
-                    s.latency_steps = float(np.mean(durations)) / self.period_s
+                self._bootstrap_latency(durations)
                 if await self._integrate(reply, executor, measure=not durations) is None:
                     raise PolicyError("the first chunk was rejected (max_action_age_s)")
         self._bootstrapped = True
+
+    def _book_bootstrap(self, index: int, hinted: bool, elapsed: float, durations: list, warned: bool) -> bool:
+        """One bootstrap reply (both modes): the slow-RTC rule, and its time for the latency estimate
+        (profiled requests only). Returns whether the slow-RTC warning was given."""
+        self._bootstrap_requests += 1
+        if hinted and elapsed > SLOW_RTC_BOOTSTRAP_S:
+            message = (f"a bootstrap request carrying RTC hints took {elapsed * 1000:.0f} ms "
+                       f"(more than {SLOW_RTC_BOOTSTRAP_S * 1000:.0f} ms): the hints will be stale by then")
+            if self.slow_rtc_bootstrap == "abort":
+                self._scheduler.cancel_request()
+                raise PolicyError(message + "; aborted (slow_rtc_bootstrap='abort')")
+            if not warned:
+                warnings.warn(message, RuntimeWarning, stacklevel=5)
+                warned = True
+        if index >= self.warmup_requests:
+            durations.append(elapsed)
+        return warned
+
+    def _bootstrap_seed(self, reply, frame, executor) -> list[Action]:
+        """A bootstrap reply before the last: not executed; it fixes the chunk length and seeds RTC."""
+        s = self._scheduler
+        chunk = self._prepare(reply, frame, executor)
+        s.check_chunk_length(len(chunk))
+        s.cancel_request()
+        return chunk
+
+    def _bootstrap_latency(self, durations: list) -> None:
+        if durations:
+            self._scheduler.latency_steps = float(np.mean(durations)) / self.period_s
 
     async def _pace(self, step_start: float, executor) -> float:
         """Wait for the next control tick, integrating a reply the moment it arrives."""
@@ -622,6 +635,7 @@ class InferenceRuntime:
         total = max(1, self.warmup_requests + self.profile_delay_requests)
         durations = []
         seed = None
+        warned = False
         for index in range(total):
             if index > 0 and observe_fn is not None:
                 frame = self._observe_sync(observe_fn, None)
@@ -633,25 +647,11 @@ class InferenceRuntime:
             except BaseException:
                 s.cancel_request()
                 raise
-            elapsed = self.now() - started
-            self._bootstrap_requests += 1
-            if hinted and elapsed > SLOW_RTC_BOOTSTRAP_S:
-                message = (f"a bootstrap request carrying RTC hints took {elapsed * 1000:.0f} ms "
-                           f"(more than {SLOW_RTC_BOOTSTRAP_S * 1000:.0f} ms)")
-                if self.slow_rtc_bootstrap == "abort":
-                    s.cancel_request()
-                    raise PolicyError(message + "; aborted (slow_rtc_bootstrap='abort')")
-                warnings.warn(message, RuntimeWarning, stacklevel=4)
-            if index >= self.warmup_requests:
-                durations.append(elapsed)
+            warned = self._book_bootstrap(index, hinted, self.now() - started, durations, warned)
             if index < total - 1:
-                chunk = self._prepare(reply, frame, None)
-                s.check_chunk_length(len(chunk))
-                s.cancel_request()
-                seed = chunk
+                seed = self._bootstrap_seed(reply, frame, None)
             else:
-                if durations:
-                    s.latency_steps = float(np.mean(durations)) / self.period_s
+                self._bootstrap_latency(durations)
                 if self._integrate_sync(reply, measure=not durations) is None:
                     raise PolicyError("the first chunk was rejected (max_action_age_s)")
         self._bootstrapped = True
