@@ -6,9 +6,9 @@ imported when the objects that need them are first used.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from .exceptions import (
     AiofrankaError,
     CallTimeoutError,
@@ -183,14 +183,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .stats import PlaybackStats, PolicyStats
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'aiofranka' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -7,9 +7,9 @@ from their module on first use, so ``import aiofranka.offload`` stays light. Gui
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 __all__ = [
     "ASYNCIFY_WORKERS",
     "AsyncCallable",
@@ -49,14 +49,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .to_thread import ASYNCIFY_WORKERS, AsyncCallable, async_input, asyncify, set_asyncify_workers, stop_asyncify_pool
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'aiofranka.offload' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -11,9 +11,9 @@ Guide: docs/policies.md.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 __all__ = [
     "Action",
     "BUILTIN_KINDS",
@@ -73,14 +73,4 @@ if TYPE_CHECKING:  # pragma: no cover
                         profile_sync_inference, recommend_inference_mode)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'aiofranka.policy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

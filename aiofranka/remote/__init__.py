@@ -7,17 +7,11 @@ imported on first use (``pip install grpcio==1.85.0 grpcio-health-checking==1.85
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 __all__ = ["PolicyServer", "RemotePolicy", "connect_policy", "serve_policy"]
 
 _LAZY = {"PolicyServer": ".server", "serve_policy": ".server", "RemotePolicy": ".client", "connect_policy": ".client"}
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
