@@ -20,16 +20,18 @@ class RobotTime:
 
 
 class Control:
-    """Hands out a new state each readOnce: robot time counts up by ``step`` ms;
-    q and tau_J carry the time so a row can be matched to its state."""
+    """Hands out a new state each readOnce: robot time counts up by ``step`` ms
+    (or takes the values of ``times``); q and tau_J carry the time so a row can
+    be matched to its state."""
 
-    def __init__(self) -> None:
+    def __init__(self, times=None) -> None:
         self.ms = 1000
         self.step = 1
         self.written = []
+        self._times = None if times is None else iter(times)  # robot times to hand out, in order
 
     def readOnce(self):
-        self.ms += self.step
+        self.ms = self.ms + self.step if self._times is None else next(self._times)
         state = types.SimpleNamespace(
             q=(limits.Q_HOME + 1e-6 * self.ms).tolist(), dq=[0.001 * self.ms] * 7,
             O_T_EE=np.eye(4).ravel().tolist(), time=RobotTime(self.ms), control_command_success_rate=0.5,

@@ -11,6 +11,8 @@ import pytest
 from aiofranka.loop.attribution import EPOLL, FUTEX, RUNNING, UNPROBED, Gap, GapReader, breakdown, classify
 from aiofranka.robot.state import StateBuffer
 
+from _fake_control import Control, torques
+
 MS = 1_000_000
 LOOP, GUARDIAN = 100, 101
 ROLES = {LOOP: "loop", GUARDIAN: "guardian"}
@@ -90,47 +92,17 @@ def test_breakdown_sums_lost_states_per_category():
 # -- the kernel's ring, driven by a stand-in control object (no robot) ------------
 
 
-class _Time:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def to_sec(self) -> float:
-        return self.ms / 1000.0
-
-
-class _State:
-    def __init__(self, ms: int) -> None:
-        self.q = [0.0, 0.0, 0.0, -1.5, 0.0, 1.5, 0.0]
-        self.dq = [0.0] * 7
-        self.O_T_EE = [1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0, 0.3, 0, 0.5, 1.0]
-        self.time = _Time(ms)
-        self.control_command_success_rate = 1.0
-
-
-class _Control:
-    """Hands out states with the given robot times, as readOnce does."""
-
-    def __init__(self, times) -> None:
-        self._times = iter(times)
-
-    def readOnce(self):  # noqa: N802 - pylibfranka's name
-        return _State(next(self._times)), None
-
-    def writeOnce(self, command) -> None:  # noqa: N802
-        pass
-
-
 def _serve(kernel, control, n: int) -> None:
     zero = np.zeros(7)
     for _ in range(n):
-        kernel.cycle(control, list, 2, 0.0, False, zero)  # torque mode, zero torque
+        kernel.cycle(control, torques, 2, 0.0, False, zero)  # torque mode, zero torque
 
 
 def test_the_kernel_records_each_gap_and_only_gaps():
     buf = StateBuffer()
     kernel = buf.kernel
     kernel.new_session()
-    control = _Control([1, 3, 4, 8, 9, 10, 13, 14])
+    control = Control([1, 3, 4, 8, 9, 10, 13, 14])
     _serve(kernel, control, 3)  # a gap before recording starts: not recorded
     reader = GapReader(kernel)
     reader.start()
@@ -156,7 +128,7 @@ def test_records_beyond_the_ring_are_counted_as_missed():
     kernel.new_session()
     reader = GapReader(kernel)
     reader.start()
-    _serve(kernel, _Control(range(0, 3 * 700, 3)), 700)  # 699 gaps of 2 states
+    _serve(kernel, Control(range(0, 3 * 700, 3)), 700)  # 699 gaps of 2 states
     gaps = reader.read()
     assert len(gaps) + reader.missed == 699 and 0 < len(gaps) < 699
     assert gaps[-1].time_ms == 3 * 699

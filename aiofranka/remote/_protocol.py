@@ -35,6 +35,15 @@ TOKEN_METADATA_KEY = "authorization"
 TOKEN_PREFIX = "Bearer "
 
 
+def read_pem(path, name: str) -> bytes:
+    """A certificate or key file's bytes; an unreadable one is a ValueError naming the parameter."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes)]

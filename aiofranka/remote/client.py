@@ -20,7 +20,7 @@ from ..stats import RemoteStats, SampleRing
 from ._codec import CodecError, decode, encode_call
 from ._deps import grpc, health_pb2, health_pb2_grpc
 from ._protocol import (CALL_METHOD, HEADER, MAX_MESSAGE_BYTES, OP_CALL, OP_GET, SERVICE, STATUS_RAISED,
-                        TOKEN_METADATA_KEY, TOKEN_PREFIX, channel_options, is_loopback, split_target)
+                        TOKEN_METADATA_KEY, TOKEN_PREFIX, channel_options, is_loopback, read_pem, split_target)
 
 __all__ = ["RemotePolicy", "connect_policy"]
 
@@ -268,14 +268,6 @@ class RemotePolicy:
         await self.aclose()
 
 
-def _read(path, name: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ValueError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
-
-
 async def connect_policy(target: str, *, token: str | None = None, deadline: float = 1.0,
                          connect_timeout: float = 10.0, tls_ca: str | os.PathLike | None = None,
                          tls_server_name: str | None = None, insecure: bool = False,
@@ -306,7 +298,7 @@ async def connect_policy(target: str, *, token: str | None = None, deadline: flo
     if tls_ca is not None:
         if tls_server_name is not None:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
-        credentials = grpc.ssl_channel_credentials(root_certificates=_read(tls_ca, "tls_ca"))
+        credentials = grpc.ssl_channel_credentials(root_certificates=read_pem(tls_ca, "tls_ca"))
         channel = grpc.aio.secure_channel(address, credentials, options=options)
     else:
         channel = grpc.aio.insecure_channel(address, options=options)

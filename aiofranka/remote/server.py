@@ -19,17 +19,9 @@ from .._factory import load_factory  # noqa: F401 - re-exported: serve and profi
 from ._codec import CodecError, decode, encode
 from ._deps import grpc, health, health_pb2, health_pb2_grpc
 from ._protocol import (HEADER, MAX_MESSAGE_BYTES, OP_CALL, OP_GET, SERVICE, STATUS_OK, STATUS_RAISED,
-                        TOKEN_METADATA_KEY, TOKEN_PREFIX, channel_options, check_listen_security)
+                        TOKEN_METADATA_KEY, TOKEN_PREFIX, channel_options, check_listen_security, read_pem)
 
 __all__ = ["PolicyServer", "load_factory", "serve_policy"]
-
-
-def _read(path, name: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ValueError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
 
 
 class _TokenCheck(grpc.ServerInterceptor):
@@ -203,7 +195,7 @@ def serve_policy(factory: Callable[..., Any], /, *args: Any, host: str = "127.0.
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
     check_listen_security(host, token=token, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
-    credentials_pair = None if tls_cert is None else (_read(tls_key, "tls_key"), _read(tls_cert, "tls_cert"))
+    credentials_pair = None if tls_cert is None else (read_pem(tls_key, "tls_key"), read_pem(tls_cert, "tls_cert"))
     target = factory(*args, **kwargs)
 
     servicer = _Servicer(target)
