@@ -2,7 +2,8 @@
 
 The server hosts an object; the client's :class:`RemotePolicy` proxy turns its methods into
 awaitables, like an ``mpify`` proxy, over gRPC with a typed encoding (never pickle). grpcio is
-imported on first use (``pip install grpcio==1.85.0 grpcio-health-checking==1.85.0``; from a checkout: ``pip install -e '.[remote]'``). Guide: docs/remote.md.
+imported on first use (``pip install grpcio==1.85.0 grpcio-health-checking==1.85.0``; from a
+checkout: ``pip install -e '.[remote]'``). Guide: docs/remote.md.
 """
 
 from __future__ import annotations
