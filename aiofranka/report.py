@@ -18,7 +18,7 @@ from .exceptions import MissingDependencyError
 
 __all__ = ["plot_recording", "plot_timing", "summary_table"]
 
-_SERVERS = ("loop", "guardian", "rescue")
+_SERVERS = ("loop", "guardian", "rescue", "kernel")
 _MARK = {1: ("tab:orange", "served by the guardian"), 2: ("tab:red", "served by the rescue thread")}
 INSTALL = "plots need matplotlib: pip install matplotlib==3.11.2 (from a checkout: pip install -e '.[report]')"
 

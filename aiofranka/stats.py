@@ -170,6 +170,10 @@ class LoopStats:
       ``longest_rescue_ms``: times it served cycles while no Python thread
       could (the GIL held elsewhere), how many (counted in ``cycles``), and
       its longest run.
+    * ``serve``: who serves the cycles (``"kernel"``: the C thread serves
+      every cycle, Python only publishes targets, docs/kernel-serving.md;
+      ``"loop"``: the event loop, backed by the guardian and the rescue thread);
+      ``kernel_cycles``: cycles the C thread served that way (counted in ``cycles``).
     """
 
     cycles: int
@@ -195,6 +199,8 @@ class LoopStats:
     rescues: int = 0
     rescued_cycles: int = 0
     longest_rescue_ms: float = 0.0
+    serve: str = "loop"
+    kernel_cycles: int = 0
 
     @property
     def lost_fraction(self) -> float:
@@ -214,6 +220,7 @@ class LoopStats:
             ("period", str(self.period)),
             ("readOnce wait (GIL held)", str(self.read_wait)),
             ("robot time / wall time", f"{self.robot_time_s:.2f} s / {self.wall_time_s:.2f} s"),
+            ("served by", f"{self.serve}" + (f" ({self.kernel_cycles} cycles)" if self.serve == "kernel" else "")),
             ("mode / wait", f"{self.mode} / {self.wait} (margin {self.wake_margin_us:.0f} us, "
                             f"{self.late_wakeups} late wakeups)"),
             ("event-loop stalls", f"{self.stalls} (longest {self.longest_stall_ms:.1f} ms)"),

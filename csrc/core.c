@@ -81,7 +81,8 @@ static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     Kernel *self = (Kernel *)PyType_GenericNew(type, args, kwds);
     if (self) {
         /* descriptors the kernel owns: none yet (0 is stdin) */
-        self->r_fd = self->r_timer = self->r_stop = -1;
+        self->r_fd = self->r_timer = self->r_stop = self->k_wake = -1;
+        self->k_ramp_left = self->k_ramp_total = -1;
         self->w_timer = self->w_stop = self->w_wake = self->w_state_fd = -1;
         schedule_reset(self);
     }
@@ -91,6 +92,7 @@ static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 static void Kernel_dealloc(Kernel *self) {
     watch_join(self);
     rescue_join(self);
+    serve_release(self);
     record_release(self);
     Py_CLEAR(self->rs_type);
     Kernel_release(self);
@@ -169,6 +171,21 @@ static PyMethodDef Kernel_methods[] = {
     {"rescue_start", (PyCFunction)Kernel_rescue_start, METH_VARARGS,
      "rescue_start(ctl, torques, fd, offsets, state_size, after_ns, grace_ns, priority, exceptions)"},
     {"rescue_stop", (PyCFunction)Kernel_rescue_stop, METH_NOARGS, "stop and join the rescue thread"},
+    {"serve_start", (PyCFunction)Kernel_serve_start, METH_O,
+     "serve_start(wake_fd): the rescue thread serves every state; it writes wake_fd when Python should look"},
+    {"serve_stop", (PyCFunction)Kernel_serve_stop, METH_NOARGS, "the rescue thread serves only for a stall again"},
+    {"set_law", FASTCALL(Kernel_set_law), "set_law(mode, scale, *params): the law's inputs from the next cycle on"},
+    {"play_rows", FASTCALL(Kernel_play_rows),
+     "play_rows(start_ms, positions, velocities[, poses]): target rows indexed by robot time"},
+    {"clear_rows", (PyCFunction)Kernel_clear_rows, METH_NOARGS, "drop the target rows"},
+    {"rows_status", (PyCFunction)Kernel_rows_status, METH_NOARGS,
+     "rows_status() -> (switches, held_cycles, late_switches, current_start_ms, next_start_ms)"},
+    {"wake_at", (PyCFunction)Kernel_wake_at, METH_O, "wake_at(time_ms): write the wake fd once robot time reaches it"},
+    {"ramp", (PyCFunction)Kernel_ramp, METH_O, "ramp(cycles): scale down to zero, then write motion_finished"},
+    {"serve_status", (PyCFunction)Kernel_serve_status, METH_NOARGS,
+     "serve_status() -> (serving, law_failed, finished, rescue_error, time_ms, served)"},
+    {"refresh_state", (PyCFunction)Kernel_refresh_state, METH_O,
+     "refresh_state(RobotState) -> bool: write the last served state's fields into it"},
     {"new_session", (PyCFunction)Kernel_new_session, METH_NOARGS, "clear the per-session counters"},
     {"seq", (PyCFunction)Kernel_seq, METH_NOARGS, "the rescue thread's write sequence (odd while writing)"},
     {"read_anyway", (PyCFunction)Kernel_read_anyway, METH_NOARGS,

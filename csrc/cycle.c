@@ -1,6 +1,7 @@
 /* One cycle of the loop: read, law, safety, write, in one C call (see kernel.h). */
 #include "kernel.h"
 
+#include <limits.h>
 #include <math.h>
 #include <sched.h>
 #include <string.h>
@@ -83,7 +84,7 @@ void note_written(Kernel *self, long long time_ms, int finished, const cycle_inf
     if (atomic_load_explicit(&self->rec_on, memory_order_relaxed)) record_row(self, time_ms, now, info);
     /* Then the rescue thread sleeps on (armed after the store: having consumed
      * an expiration, it reads this write or a later one). */
-    if (self->r_timer >= 0) timer_arm(self->r_timer, now + self->r_after_ns);
+    if (self->r_timer >= 0 && !atomic_load(&self->k_primary)) timer_arm(self->r_timer, now + self->r_after_ns);
 }
 
 /* ---- the cycle lock ------------------------------------------------------
@@ -142,6 +143,10 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     }
     if (atomic_load(&self->r_error_kind)) return rescue_raise(self);
+    if (atomic_load(&self->k_primary)) {
+        PyErr_SetString(PyExc_RuntimeError, "the kernel serves the cycles (serve_stop() first)");
+        return NULL;
+    }
     Py_buffer v[6];
     Py_ssize_t held = 0;
     for (; held < counts[mode]; held++)
@@ -288,6 +293,14 @@ PyObject *Kernel_new_session(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     atomic_store(&self->r_error_kind, 0);
     atomic_store(&self->py_claim, 0);
     atomic_store(&self->rescued_last, 0);
+    atomic_store(&self->k_primary, 0);
+    atomic_store(&self->k_served, 0);
+    atomic_store(&self->k_wake_ms, LLONG_MAX);
+    self->k_wake = -1;
+    self->k_starved = self->k_late = self->k_switches = 0;
+    self->k_ramp_left = self->k_ramp_total = -1;
+    self->k_failed = 0;
+    serve_release(self);
     self->last_success = 0.0;
     self->last_mode = MODE_TORQUE;
     self->last_scale = 0.0;

@@ -16,6 +16,8 @@
  *   cycle.c    one cycle (read, law, safety, write) and its bookkeeping
  *   seqlock.c  the seqlocked state frame of server mode
  *   rescue.c   the GIL-free rescue thread; direct.cpp the libfranka calls
+ *   serve.c    kernel serving: the rescue thread serves every cycle, Python
+ *              publishes the law's inputs, target rows and a stop ramp
  *   watch.c    when the next state is due, and the watch thread that wakes
  *              the guardian only when a due cycle went unclaimed
  *   attrib.c   a ring of the cycles that saw a gap in robot time (why states were lost)
@@ -54,7 +56,18 @@ enum { R_Q, R_DQ, R_EE, R_TAU_J, R_TAU_EXT, R_SUCCESS, R_TIME, R_TQ_TAU, R_TQ_FI
 enum { MODE_IMPEDANCE = 0, MODE_OSC = 1, MODE_TORQUE = 2 };
 
 /* Who served a cycle (the recorder's server column). */
-enum { SERVER_LOOP = 0, SERVER_GUARDIAN = 1, SERVER_RESCUE = 2 };
+enum { SERVER_LOOP = 0, SERVER_GUARDIAN = 1, SERVER_RESCUE = 2, SERVER_KERNEL = 3 };
+
+/* Target rows Python handed to the kernel (serve.c): (n, 7) positions and
+ * velocities, or (n, 16) row-major poses, C-contiguous float64, indexed by
+ * robot time from start_ms. The views are acquired and released only by
+ * Python-called functions; the serving thread only moves slots. */
+typedef struct {
+    Py_buffer views[2];
+    int nviews, joint;
+    const double *pos, *vel, *pose;
+    long long start_ms, n;
+} target_rows;
 
 /* The recorder's fields (record.c has their names and widths). */
 enum { RF_TIME_MS, RF_T, RF_Q, RF_DQ, RF_Q_DESIRED, RF_EE, RF_EE_DESIRED, RF_TAU_CMD, RF_TAU_MEAS, RF_COMPUTE,
@@ -130,6 +143,21 @@ typedef struct {
     atomic_int r_error_kind;
     char r_error[512];
     atomic_llong rescued, r_episodes, r_longest_ns;
+    /* Kernel serving (serve.c): while k_primary the rescue thread serves every
+     * state as it comes, with the law's inputs Python published (set_law), the
+     * target rows of k_rows (k_next switches in at its start_ms) and the stop
+     * ramp; it writes k_wake (an eventfd) once the robot time reaches k_wake_ms,
+     * and when the session ends or the law fails. All of it under the cycle lock. */
+    atomic_int k_primary;
+    int k_wake;
+    atomic_llong k_wake_ms;
+    int k_has_rows, k_has_next, k_has_old;
+    target_rows k_rows, k_next, k_old; /* k_old: switched out, released by the next Python call */
+    long long k_starved, k_late, k_switches;
+    atomic_llong k_served;               /* cycles served this way this session */
+    long long k_ramp_left, k_ramp_total; /* -1: no ramp */
+    int k_failed;                        /* the law's output was not finite: ramped to zero at once */
+    double k_extra[14];                  /* tau_J and tau_ext_hat_filtered of the last state served */
     /* The recorder (record.c): rows of rec_width float64 in rec_rows, one per
      * cycle written while rec_on; rec_col[f] is field f's first column or -1. */
     Py_buffer rec_view;
@@ -191,6 +219,21 @@ void rescue_join(Kernel *self);
 PyObject *rescue_raise(Kernel *self);
 PyObject *Kernel_rescue_start(Kernel *self, PyObject *args);
 PyObject *Kernel_rescue_stop(Kernel *self, PyObject *ignored);
+
+/* serve.c */
+void serve_release(Kernel *self);
+int serve_prepare(Kernel *self, long long time_ms, double *params, int *mode, double *scale);
+void serve_after(Kernel *self, long long time_ms, int finite, int finished);
+PyObject *Kernel_serve_start(Kernel *self, PyObject *arg);
+PyObject *Kernel_serve_stop(Kernel *self, PyObject *ignored);
+PyObject *Kernel_set_law(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_play_rows(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Kernel_clear_rows(Kernel *self, PyObject *ignored);
+PyObject *Kernel_rows_status(Kernel *self, PyObject *ignored);
+PyObject *Kernel_wake_at(Kernel *self, PyObject *arg);
+PyObject *Kernel_ramp(Kernel *self, PyObject *arg);
+PyObject *Kernel_serve_status(Kernel *self, PyObject *ignored);
+PyObject *Kernel_refresh_state(Kernel *self, PyObject *arg);
 
 /* watch.c */
 void schedule_reset(Kernel *self);

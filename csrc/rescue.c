@@ -44,6 +44,7 @@ const char *const rescue_unavailable =
 #endif
 
 void rescue_join(Kernel *self) {
+    atomic_store(&self->k_primary, 0); /* no thread serves: Python's cycles may read again */
     if (self->r_started) {
         atomic_store(&self->r_run, 0);
         event_signal(self->r_stop);
@@ -68,9 +69,11 @@ int afd_bind(void *ctl, void **read_fn, void **write_fn, char *err, size_t n);
 int afd_read(void *fn, void *ctl, void *result, char *msg, size_t n);
 int afd_write(void *fn, void *ctl, const void *torques, char *msg, size_t n);
 
-/* One cycle on the C++ objects; the caller holds the cycle lock. 0, or -1
- * after storing libfranka's error. */
-static int rescue_cycle(Kernel *self) {
+/* One cycle on the C++ objects; the caller holds the cycle lock. `primary`:
+ * kernel serving (serve.c): the law's inputs of this state's robot time, the
+ * ramp and motion_finished; otherwise a rescue (the last inputs, paused).
+ * 0, or -1 after storing libfranka's error. */
+static int rescue_cycle(Kernel *self, int primary) {
     long long t_call = now_ns();
     int kind = afd_read(self->r_read, self->r_ctl, self->r_state, self->r_error, sizeof self->r_error);
     if (kind) {
@@ -84,16 +87,31 @@ static int rescue_cycle(Kernel *self) {
     memcpy(self->b[B_Q], st + off[R_Q], 7 * sizeof(double));
     memcpy(self->b[B_DQ], st + off[R_DQ], 7 * sizeof(double));
     memcpy(self->b[B_EE_RAW], st + off[R_EE], 16 * sizeof(double));
+    memcpy(self->k_extra, st + off[R_TAU_J], 7 * sizeof(double));
+    memcpy(self->k_extra + 7, st + off[R_TAU_EXT], 7 * sizeof(double));
     fill_pose(self);
     double success;
     uint64_t time_ms;
     long long t_read = now_ns();
     memcpy(&success, st + off[R_SUCCESS], sizeof success);
     memcpy(&time_ms, st + off[R_TIME], sizeof time_ms);
-    kernel_law(self, self->last_mode, self->last_params, 1);
-    kernel_safety(self, self->last_scale);
+    int mode = self->last_mode, finishing = 0;
+    double scale = self->last_scale, params[49];
+    const double *p = self->last_params;
+    if (primary) {
+        finishing = serve_prepare(self, (long long)time_ms, params, &mode, &scale);
+        p = params;
+    }
+    kernel_law(self, mode, p, !primary);
+    int finite = kernel_safety(self, scale);
+    int finished = 0;
+    if (finishing) {
+        finished = 1;
+        for (int i = 0; i < 7; i++)
+            if (self->b[B_TAU_CMD][i] != 0.0) finished = 0;
+    }
     memcpy(self->r_tq + off[R_TQ_TAU], self->b[B_TAU_CMD], 7 * sizeof(double));
-    self->r_tq[off[R_TQ_FINISHED]] = 0;
+    self->r_tq[off[R_TQ_FINISHED]] = (unsigned char)finished;
     long long t_write = now_ns();
     kind = afd_write(self->r_write, self->r_ctl, self->r_tq, self->r_error, sizeof self->r_error);
     if (kind) {
@@ -102,20 +120,34 @@ static int rescue_cycle(Kernel *self) {
         return -1;
     }
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
-    cycle_info info = {SERVER_RESCUE, success, t_read, t_write, (const double *)(st + off[R_TAU_J])};
-    note_written(self, (long long)time_ms, 0, &info);
+    cycle_info info = {primary ? SERVER_KERNEL : SERVER_RESCUE, success, t_read, t_write,
+                       (const double *)(st + off[R_TAU_J])};
+    note_written(self, (long long)time_ms, finished, &info);
     attrib_cycle(self, 1, (long long)time_ms, atomic_load(&self->s_due), t_call, t_read, t_write);
     self->last_success = success;
     atomic_store(&self->rescued_last, 1);
     atomic_fetch_add(&self->seq, 1);
-    atomic_fetch_add(&self->rescued, 1);
+    atomic_fetch_add(primary ? &self->k_served : &self->rescued, 1);
     if (self->has_pub) {
         stage_common(self, (double)time_ms, success);
         memcpy(self->stage + F_TAU_EXT, st + off[R_TAU_EXT], 7 * sizeof(double));
         memcpy(self->stage + F_TAU_J, st + off[R_TAU_J], 7 * sizeof(double));
         seqlock_store((double *)self->pub.buf, self->stage, F_LEN);
     }
+    if (primary) serve_after(self, (long long)time_ms, finite, finished);
     return 0;
+}
+
+/* Kernel serving: serve each state as it comes, until serving stops. */
+static void serve_states(Kernel *self) {
+    if (!fd_wait(self->r_fd, self->r_stop, 100)) return;
+    while (!lock_try(self)) sched_yield(); /* Python holds it only inside a set_law/play_rows call */
+    int rc = 0;
+    if (atomic_load(&self->k_primary) && !atomic_load(&self->finished) && !atomic_load(&self->r_error_kind) &&
+        state_waiting(self->r_fd, 0))
+        rc = rescue_cycle(self, 1);
+    lock_release(self);
+    if (rc < 0 && self->k_wake >= 0) event_signal(self->k_wake); /* Python raises libfranka's error */
 }
 
 static void *rescue_main(void *arg) {
@@ -133,6 +165,10 @@ static void *rescue_main(void *arg) {
     while (atomic_load(&self->r_run)) {
         if (atomic_load(&self->finished) || atomic_load(&self->r_error_kind)) {
             sleep_until_ns(now_ns() + 1000000);
+            continue;
+        }
+        if (atomic_load(&self->k_primary)) {
+            serve_states(self);
             continue;
         }
         long long last = atomic_load(&self->last_write_ns);
@@ -154,7 +190,7 @@ static void *rescue_main(void *arg) {
             continue; /* served meanwhile (or being served) */
         if (!lock_try(self)) continue;
         if (atomic_load(&self->last_write_ns) == last && !atomic_load(&self->finished) &&
-            !atomic_load(&self->r_error_kind) && state_waiting(self->r_fd, 0) && rescue_cycle(self) == 0) {
+            !atomic_load(&self->r_error_kind) && state_waiting(self->r_fd, 0) && rescue_cycle(self, 0) == 0) {
             mine = atomic_load(&self->last_write_ns);
             if (!active) {
                 /* Whoever claimed the states has not written for RESCUE_AFTER: void the claim. */
@@ -293,6 +329,7 @@ PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
 /* rescue_stop(): stop and join the rescue thread (GIL released meanwhile) and
  * drop its references. Idempotent. */
 PyObject *Kernel_rescue_stop(Kernel *self, PyObject *Py_UNUSED(ignored)) {
+    atomic_store(&self->k_primary, 0);
     if (self->r_started) {
         atomic_store(&self->r_run, 0);
         event_signal(self->r_stop);

@@ -26,6 +26,7 @@ from ..robot.errors import translate
 from ..stats import LatencyHistogram, LoopStats
 from .command import IMPEDANCE, MODES, OSC, TORQUE, Commands
 from ._schedule import Schedule
+from ._served import KernelServing
 
 __all__ = ["Cycle"]
 
@@ -58,8 +59,11 @@ class _Waiter:
         self.future = future
 
 
-class Cycle:
+class Cycle(KernelServing):
     """One control session's cycle and everything that decides who serves it.
+
+    With kernel serving (``_served.py``) the kernel's C thread serves every
+    cycle and this class only publishes what the law reads.
 
     Members the guardian uses: ``lock`` (held by whoever serves a cycle),
     ``guard_running``, ``session_finished``, ``has_control``,
@@ -83,7 +87,9 @@ class Cycle:
         self.kernel = buf.kernel
         self.commands = commands
         self.schedule = schedule
-        self.mode = mode
+        self._mode = mode
+        self.init_serving()
+        commands.listener = self.push_law
         self.wait_mode = wait_mode
         self.state_fd = robot.state_fd
         self.rescue = rescue
@@ -127,6 +133,16 @@ class Cycle:
         self._silence_armed_ns = 0
         self.reset_figures()
 
+    @property
+    def mode(self) -> int:
+        """The law's mode index (command.MODES)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, index: int) -> None:
+        self._mode = index
+        self.push_law()
+
     # -- a session's start and end ------------------------------------------------
 
     def reset_figures(self) -> None:
@@ -145,6 +161,7 @@ class Cycle:
     def prepare(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reset the per-session state before a session opens."""
         self.loop = loop
+        self.serving = False
         self.stop_requested = False
         self.session_finished = False
         self.law_error = None
@@ -176,7 +193,7 @@ class Cycle:
     def open(self, done: asyncio.Future) -> None:
         """The first cycle is written: serve from the event loop from now on."""
         self.session_done = done
-        if self.wait_mode != "yield":
+        if self.wait_mode != "yield" and not self.serving:
             # Cycles run in the readiness callback itself (on_ready), the
             # shortest path from a wakeup to the robot.
             self.arm_timer()
@@ -184,6 +201,7 @@ class Cycle:
     def detach(self) -> None:
         """The session is over: stop the rescue thread and the event loop's wakeups."""
         self.kernel.rescue_stop()  # before the session's C++ objects can go
+        self.stop_serving()
         self.ctl = None
         self.session_done = None
         self._traj = None
@@ -365,7 +383,7 @@ class Cycle:
             self.law_error = EventLoopStallError(
                 f"the event loop was blocked for more than {limit_ms:.0f} ms "
                 f"(by {culprit}); the arm was ramped down", culprit=culprit, duration_ms=elapsed_ms)
-            self.stop_requested = True
+            self.request_stop()
 
     # -- one cycle --------------------------------------------------------------------
 
@@ -502,10 +520,12 @@ class Cycle:
     def fail_law(self, error: ControlLawError, cause: BaseException | None = None) -> None:
         error.__cause__ = cause
         self.law_error = error
-        self.stop_requested = True
+        self.request_stop()
 
     def snapshot(self):
         """A consistent copy of the latest state, whoever served it."""
+        if self.serving:
+            return self.kernel_snapshot()
         kernel = self.kernel
         while True:  # a rescue cycle writes the arrays without the GIL: copy between its writes
             seq = kernel.seq()
@@ -522,9 +542,10 @@ class Cycle:
         wall = (time.monotonic_ns() - wall_start_ns) / 1e9 if wall_start_ns else 0.0
         robot_time = (self.buf.time_ms - self.robot_start_ms) / 1000.0 if self.robot_start_ms >= 0 else 0.0
         lost, rescued, rescues, longest_rescue_ns, _, _ = self.kernel.counters()
+        served = self.kernel_cycles()
         schedule = self.schedule
         return LoopStats(
-            cycles=self.cycles + rescued,
+            cycles=self.cycles + rescued + served,
             lost_cycles=lost,
             min_success_rate=self.min_success if self.cycles else float("nan"),
             compute=self.compute_ns.summary(),
@@ -547,6 +568,8 @@ class Cycle:
             rescues=rescues,
             rescued_cycles=rescued,
             longest_rescue_ms=longest_rescue_ns / 1e6,
+            serve="kernel" if self.kernel_serve and (self.serving or served) else "loop",
+            kernel_cycles=served,
         )
 
     # -- robot-time waits -----------------------------------------------------------------
@@ -557,6 +580,8 @@ class Cycle:
         self._waiters.append(_Waiter(deadline_ms, future))
         if deadline_ms < self._next_wake_ms:
             self._next_wake_ms = deadline_ms
+            if self.serving:
+                self.arm_wake()
         return future
 
     def _wake(self, now: int) -> None:
@@ -586,7 +611,21 @@ class Cycle:
         self._traj_done = done
         self._traj_k = 0
         self._traj = trajectory
+        if self.serving:
+            self.kernel_follow(trajectory)
         return done
+
+    def finish_trajectory(self) -> None:
+        """Kernel serving: the move's last row is reached; its target becomes ``q_desired``."""
+        traj = self._traj
+        if traj is None:
+            return
+        self.commands.q_desired = traj.final  # pushed before the rows go
+        self.kernel_end_move()
+        self._traj = None
+        done = self._traj_done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def is_following(self, trajectory) -> bool:
         return self._traj is trajectory
@@ -595,7 +634,8 @@ class Cycle:
         """The joint target becomes where the trajectory has got to."""
         traj = self._traj
         if traj is not None:
-            row = traj.positions[min(self._traj_k, traj.n - 1)]
+            k = self.kernel_move_row() if self.serving else self._traj_k
+            row = traj.positions[min(max(k, 0), traj.n - 1)]
             self.commands.q_desired = validation.vector("q_desired", row, 7)
 
     def cancel_trajectory(self, reason: str) -> None:
@@ -603,6 +643,8 @@ class Cycle:
             return
         self._traj = None
         self.commands.dq_desired = self.commands.zero7
+        if self.serving:
+            self.kernel_end_move()
         done = self._traj_done
         if done is not None and not done.done():
             done.set_exception(ControllerStoppedError(f"move() was interrupted: {reason}"))
@@ -623,6 +665,8 @@ class Cycle:
         """
         self.cancel_trajectory("target rows are played")
         self.rows_played += 1
+        if self.serving:
+            self.kernel_play(rows)
         self._rows_next = rows
 
     def target_at(self, time_ms: int, joint: bool) -> np.ndarray:
@@ -636,17 +680,18 @@ class Cycle:
 
     def hold_rows_here(self, reason: str) -> None:
         """Stop following rows: the target becomes the row of the current cycle."""
-        rows = self._rows
+        rows = self.kernel_current_rows() if self.serving else self._rows
         self._rows_next = None
         self._rows = None
-        if rows is None:
-            return
-        now = self.kernel.time_ms + 1
-        if rows.joint:
-            self.commands.q_desired = validation.vector("q_desired", rows.row_at(now), 7)
-            self.commands.dq_desired = self.commands.zero7
-        else:
-            self.commands.ee_desired = validation.pose("ee_desired", rows.row_at(now))
+        if rows is not None:
+            now = self.kernel.time_ms + 1
+            if rows.joint:
+                self.commands.q_desired = validation.vector("q_desired", rows.row_at(now), 7)
+                self.commands.dq_desired = self.commands.zero7
+            else:
+                self.commands.ee_desired = validation.pose("ee_desired", rows.row_at(now))
+        if self.serving:
+            self.kernel.clear_rows()  # after the targets above were pushed
 
     # -- ending without the loop ------------------------------------------------------------
 

@@ -149,14 +149,21 @@ class Commands:
     """
 
     __slots__ = ("kp", "kd", "ee_kp", "ee_kd", "null_kp", "null_kd", "q_desired", "dq_desired", "ee_desired",
-                 "torque", "zero7")
+                 "torque", "zero7", "listener")
 
     def __init__(self) -> None:
+        #: Called after every assignment (the Cycle pushes the values to a kernel that serves the cycles).
+        self.listener = None
         for setting in TABLE:
             setattr(self, setting.name, setting.validate(setting.name, setting.default))
         self.zero7 = validation.vector("dq_desired", np.zeros(7), 7)
         self.dq_desired = self.zero7
         self.torque = self.zero7
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name != "listener" and self.listener is not None:
+            self.listener()
 
     def retarget(self, q: np.ndarray, ee: np.ndarray) -> None:
         """Targets at the given pose, zero velocity and torque: a switch without a jump."""

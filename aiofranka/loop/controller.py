@@ -10,7 +10,9 @@ lifecycle, waits, motion and figures. Who serves each cycle lives in
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import sys
 import threading
 import time
 
@@ -30,6 +32,8 @@ from .command import MODES, SETTABLE, Commands
 from .guardian import Guardian, watch_gc
 from .recorder import Recorder
 from .trajectory import TargetRows, follow, plan_joint_motion
+
+_log = logging.getLogger("aiofranka")
 
 __all__ = ["Controller", "FrankaController", "MODES", "SETTABLE"]
 
@@ -58,7 +62,11 @@ class Controller:
     ``on_stall`` (``"warn"``, ``"silent"`` or ``"stop"`` after ``stall_limit`` s);
     ``rescue`` (a GIL-free C thread serves cycles while another thread holds the
     GIL; ``stats.rescue`` says whether it runs, and why not); ``gc_freeze``
-    (freeze the collector's view of the existing heap while running).
+    (freeze the collector's view of the existing heap while running); ``serve``
+    (``"kernel"``: the rescue thread serves every cycle from C and the event loop
+    only publishes targets, docs/kernel-serving.md; ``"loop"``: the event loop
+    serves each cycle, backed by the guardian and the rescue thread; ``"auto"``:
+    the kernel where the rescue thread can run, else the loop).
 
     Example::
 
@@ -85,7 +93,7 @@ class Controller:
                  joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 1e-4,
                  wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
                  on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True,
-                 rescue: bool | None = None) -> None:
+                 rescue: bool | None = None, serve: str = "auto") -> None:
         if not isinstance(robot, Robot):
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
@@ -125,6 +133,16 @@ class Controller:
             raise TypeError(f"rescue must be True, False or None, got {rescue!r}")
         rescue_on = rescue and wait == "socket"
         rescue_state = "off" if not rescue else "on" if rescue_on else f"off: needs wait='socket', not {wait!r}"
+        if serve not in ("auto", "kernel", "loop"):
+            raise ValueError(f"serve must be 'auto', 'kernel' or 'loop', got {serve!r}")
+        if serve == "kernel" and not rescue_on:
+            raise ValueError(f"serve='kernel' needs the rescue thread (rescue=True and wait='socket'): {rescue_state}")
+        if serve == "kernel" and on_stall == "stop":
+            raise ValueError("on_stall='stop' needs serve='loop': with serve='kernel' a blocked event loop "
+                             "does not hold up the arm, and no guardian watches it")
+        if on_stall == "stop" or not rescue_on:
+            serve = "loop" if serve == "auto" else serve
+        self._serve = serve
         self._on_stall = on_stall
         self._stall_limit_ns = int(1e9 * validation.positive("stall_limit", stall_limit, upper=60.0))
 
@@ -294,17 +312,26 @@ class Controller:
         self._wall_start_ns = 0
         # Everything slow happens before the session opens: once it is open the
         # robot expects a command every millisecond.
-        self._switch_interval_in_force = self._switch_interval
-        self._loop_sched_saved = _os.promote_current_thread(getattr(robot, "rt_priority", None))
-        _os.switch_interval.enter(self._switch_interval)
+        if cycle.rescue:  # decided before the session opens: the checks take milliseconds
+            refusal = _rescue_abi.rescue_refusal() or robot.direct_layout()
+            cycle.rescue_state = f"off: {refusal}" if isinstance(refusal, str) else "on"
+        if self._serve == "kernel" and cycle.rescue_state != "on":
+            robot.release(self)
+            self._session_over.set()
+            raise ControllerStateError(f"serve='kernel' needs the rescue thread, which is {cycle.rescue_state}")
+        cycle.kernel_serve = self._serve != "loop" and cycle.rescue_state == "on"
+        # With the kernel serving, the event loop's thread keeps its policy and
+        # the interpreter its switch interval: no Python runs per cycle.
+        self._switch_interval_in_force = None if cycle.kernel_serve else self._switch_interval
+        if not cycle.kernel_serve:
+            self._loop_sched_saved = _os.promote_current_thread(getattr(robot, "rt_priority", None))
+            _os.switch_interval.enter(self._switch_interval)
         if self._gc_freeze:
             _os.gc_freezer.enter()
         try:
-            cycle.attach(loop)
-            self._start_guardian(loop)
-            if cycle.rescue:  # decided before the session opens: the checks take milliseconds
-                refusal = _rescue_abi.rescue_refusal() or robot.direct_layout()
-                cycle.rescue_state = f"off: {refusal}" if isinstance(refusal, str) else "on"
+            if not cycle.kernel_serve:
+                cycle.attach(loop)
+                self._start_guardian(loop)
             if robot.in_reflex():
                 robot.recover()
             cycle.ctl = robot.start_torque_control()
@@ -334,7 +361,7 @@ class Controller:
         """
         task = self._task
         if task is not None and not task.done():
-            self._cycle.stop_requested = True
+            self._cycle.request_stop()
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -370,7 +397,7 @@ class Controller:
                 "session: run controller.stop() on that loop first")
         if timeout is None:
             timeout = 2.0 * self.stop_ramp + 2.0
-        self._cycle.stop_requested = True  # read by whoever serves the next cycle
+        self._cycle.request_stop()  # read by whoever serves the next cycle
         if not self._session_over.wait(timeout):
             raise ControllerStateError(
                 f"the controller did not finish its ramp-down within {timeout:.1f} s (is its event loop "
@@ -440,7 +467,7 @@ class Controller:
         if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration >= 0):
             raise ValueError(f"duration must be a finite number >= 0, got {duration!r}")
         self._require_running()
-        await self._await_loop(self._cycle.wait_until(self._buf.time_ms + duration * 1000.0))
+        await self._await_loop(self._cycle.wait_until(self._kernel.time_ms + duration * 1000.0))
 
     def set_freq(self, hz: float | None) -> None:
         """Pace :meth:`set` at ``hz`` on the robot clock (``None``: no pacing)."""
@@ -465,14 +492,14 @@ class Controller:
         self._require_running()
         period = self._set_period_ms
         if period is not None:
-            now = self._buf.time_ms
+            now = self._kernel.time_ms
             grid = self._set_grid
             if grid is None:  # the first call after set_freq() anchors the grid
                 grid = self._set_grid = DeadlineGrid(period, on_overrun="skip", due=now)
             overran = not grid.due > now
             if not overran:
                 await self._await_loop(self._cycle.wait_until(grid.due))
-                now = self._buf.time_ms
+                now = self._kernel.time_ms
             grid.next_due(now, overran=overran)
         self.assign(name, array)
 
@@ -565,9 +592,10 @@ class Controller:
         """A frozen snapshot of the playback figures since the last start."""
         cycle = self._cycle
         rows = cycle.playing
+        held, late = cycle.kernel_playback() if cycle.serving else (cycle.rows_starved, cycle.rows_late)
         return PlaybackStats(playing=rows is not None, start_ms=rows.start_ms if rows is not None else -1,
                              end_ms=rows.end_ms if rows is not None else -1, plays=cycle.rows_played,
-                             held_cycles=cycle.rows_starved, late_switches=cycle.rows_late)
+                             held_cycles=held, late_switches=late)
 
     # -- state and figures -------------------------------------------------
 
@@ -601,8 +629,9 @@ class Controller:
     @property
     def stats(self) -> LoopStats:
         """A frozen snapshot of the loop's figures since the last start."""
+        interval = self._switch_interval_in_force
         return self._cycle.figures(self._guardian or self._last_guardian, self._wall_start_ns,
-                                   self._switch_interval_in_force)
+                                   sys.getswitchinterval() if interval is None else interval)
 
     # -- the session -------------------------------------------------------------
 
@@ -619,6 +648,12 @@ class Controller:
                 return
             cycle.start_rescue(self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, _os.fifo_priority_above(2) or 0)
             _rescue_abi.warn_if_off(self._takeover, cycle.rescue_state)
+            if cycle.kernel_serve and not cycle.start_serving():
+                # The rescue thread did not start after all: the event loop serves.
+                _log.warning("kernel serving is off (%s); the event loop serves the cycles", cycle.rescue_state)
+                cycle.kernel_serve = False
+                cycle.attach(self._loop)
+                self._start_guardian(self._loop)
             first.set_result(None)
             done = self._loop.create_future()
             cycle.open(done)
@@ -650,7 +685,8 @@ class Controller:
         cycle = self._cycle
         cycle.detach()
         cycle.close()  # its descriptor goes with the session, not with the Controller
-        _os.switch_interval.leave(self._switch_interval_in_force)
+        if self._switch_interval_in_force is not None:
+            _os.switch_interval.leave(self._switch_interval_in_force)
         if self._gc_freeze:
             _os.gc_freezer.leave()
         self._robot.release(self)

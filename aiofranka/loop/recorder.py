@@ -21,7 +21,7 @@ __all__ = ["FIELDS", "SERVERS", "Recorder", "load"]
 #: Field name -> values per cycle, in the kernel's order.
 FIELDS: dict[str, int] = dict(_kernel.RECORD_FIELDS)
 #: The ``server`` column's codes: who served the cycle.
-SERVERS = ("loop", "guardian", "rescue")
+SERVERS = ("loop", "guardian", "rescue", "kernel")
 #: Longest recording, in seconds of 1 kHz cycles (the ring is allocated up front: ~0.6 MB per second with every field).
 MAX_SECONDS = 3600.0
 _FORMAT = "aiofranka-recording"

@@ -208,13 +208,13 @@ async def follow(cycle, trajectory: JointTrajectory, target: np.ndarray, *, tole
     buf = cycle.buf
     done = cycle.follow(trajectory)
     limit_ms = 1000.0 * (timeout if timeout is not None else trajectory.duration + 2.0)
-    timer = cycle.wait_until(buf.time_ms + limit_ms)
+    timer = cycle.wait_until(cycle.kernel.time_ms + limit_ms)
     try:
         await asyncio.wait({done, timer}, return_when=asyncio.FIRST_COMPLETED)
         if done.done():
             done.result()  # raises if interrupted
             while np.max(np.abs(buf.q - target)) > tolerance and not timer.done():
-                await wait(cycle.wait_until(buf.time_ms + 5))
+                await wait(cycle.wait_until(cycle.kernel.time_ms + 5))
         if timer.done() and np.max(np.abs(buf.q - target)) > tolerance:
             timer.result()  # raises ControllerStoppedError if the loop ended
             check()
