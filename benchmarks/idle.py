@@ -25,6 +25,11 @@ which no design of the threads around it removes.
 Usage::
 
     python benchmarks/idle.py [--seconds 10] [--rounds 2] [--baseline-path /tmp/old-guard] [--floor]
+                              [--serve kernel,loop]
+
+``--serve`` measures this tree once per value of the Controller's ``serve``
+option (``kernel``: the C thread serves every cycle; ``loop``: the event loop
+does), each as its own row (``this-kernel``, ``this-loop``).
 
 The child runs with ``PYTHONPATH`` set to the tree measured, so each run
 imports that tree's ``aiofranka`` (the path it imported is printed).
@@ -80,7 +85,7 @@ def _threads() -> dict[int, tuple[int, int, int, str]]:
     return out
 
 
-def child(seconds: float) -> None:
+def child(seconds: float, serve: str | None = None) -> None:
     import asyncio
     import threading
 
@@ -92,9 +97,10 @@ def child(seconds: float) -> None:
         with Robot() as robot:
             sim_pid = robot.simulator.pid
             before_start = set(_threads())
-            async with Controller(robot) as controller:
+            options = {"serve": serve} if serve else {}
+            async with Controller(robot, **options) as controller:
                 await asyncio.sleep(1.0)  # settle: the schedule learns the period
-                guardian = controller._guardian.native_id
+                guardian = controller._guardian.native_id if controller._guardian is not None else None
                 sim0 = _ticks(f"/proc/{sim_pid}/stat")
                 stats0 = controller.stats
                 robot0 = controller.state.time_ms
@@ -184,9 +190,11 @@ def threading_native_id() -> int:
     return threading.get_native_id()
 
 
-def run_one(tree: str, seconds: float, bare: bool = False) -> dict:
+def run_one(tree: str, seconds: float, bare: bool = False, serve: str | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=tree)
     cmd = [sys.executable, os.path.abspath(__file__), "--bare-child" if bare else "--child", "--seconds", str(seconds)]
+    if serve:
+        cmd += ["--serve", serve]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120)
     if result.returncode != 0:
         raise SystemExit(f"the run in {tree} failed:\n{result.stderr[-3000:]}")
@@ -246,31 +254,37 @@ def main() -> None:
     parser.add_argument("--path", default=ROOT, help="the tree to measure (default: this checkout)")
     parser.add_argument("--floor", action="store_true",
                         help="also measure a bare pylibfranka loop each round: the cost of the cycle itself")
+    parser.add_argument("--serve", help="comma-separated values of Controller(serve=...) to measure this tree with")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.seconds)
+        child(args.seconds, args.serve)
         return
     if args.bare_child:
         child_bare(args.seconds)
         return
-    trees = [("baseline", os.path.abspath(args.baseline_path))] if args.baseline_path else []
-    trees.append(("this", os.path.abspath(args.path)))
+    trees = [("baseline", os.path.abspath(args.baseline_path), None)] if args.baseline_path else []
+    serves = args.serve.split(",") if args.serve else [None]
+    for serve in serves:
+        trees.append(("this" if serve is None else f"this-{serve}", os.path.abspath(args.path), serve))
     if args.floor:
-        trees.append(("bare", os.path.abspath(args.path)))
-    results: dict[str, list[dict]] = {name: [] for name, _ in trees}
+        trees.append(("bare", os.path.abspath(args.path), None))
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in trees}
     for round_ in range(args.rounds):
-        for name, tree in trees:
+        for name, tree, serve in trees:
             print(f"round {round_ + 1}: {name} ({tree})", file=sys.stderr, flush=True)
-            run = run_one(tree, args.seconds, bare=name == "bare")
+            run = run_one(tree, args.seconds, bare=name == "bare", serve=serve)
             results[name].append(run)
             show(f"round {round_ + 1}, {name}", run)
     print()
     means = {name: summary(name, runs) for name, runs in results.items()}
     if args.baseline_path:
-        (cpu0, sw0), (cpu1, sw1) = means["baseline"], means["this"]
-        print(f"this / baseline: CPU {cpu1 / cpu0:.2f}, switches {sw1 / sw0:.2f}")
+        cpu0, sw0 = means["baseline"]
+        for name, _, _ in trees:
+            if name.startswith("this"):
+                cpu1, sw1 = means[name]
+                print(f"{name} / baseline: CPU {cpu1 / cpu0:.2f}, switches {sw1 / sw0:.2f}")
 
 
 if __name__ == "__main__":

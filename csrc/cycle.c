@@ -239,7 +239,8 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_DECREF(ok);
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     long long time_ms = llround(sec * 1000.0);
-    cycle_info info = {(cycle_flags & 2) ? SERVER_GUARDIAN : SERVER_LOOP, success, t_read, t_write, NULL};
+    cycle_info info = {(cycle_flags & 2) ? SERVER_GUARDIAN : SERVER_LOOP, success, t_read, t_write, NULL,
+                       self->last_params, self->last_mode};
     double tau_measured[7];
     if (atomic_load_explicit(&self->rec_on, memory_order_relaxed) && self->rec_col[RF_TAU_MEAS] >= 0) {
         /* Read here, outside the recorder's busy section (a getattr may run

@@ -79,6 +79,8 @@ typedef struct {
     double success;
     long long t_read, t_write;    /* CLOCK_MONOTONIC ns: readOnce returned, writeOnce called */
     const double *tau_measured;   /* the state's tau_J, or NULL where not read */
+    const double *params;         /* the law's inputs this cycle (packed as last_params) */
+    int mode;                     /* and its mode */
 } cycle_info;
 
 typedef struct {

@@ -38,8 +38,8 @@ void record_row(Kernel *self, long long time_ms, long long t_write_ns, const cyc
     }
     double *row = self->rec_rows + (n % self->rec_cap) * self->rec_width;
     const int *col = self->rec_col;
-    const double *p = self->last_params;
-    int mode = self->last_mode;
+    const double *p = c->params;
+    int mode = c->mode;
     if (col[RF_TIME_MS] >= 0) row[col[RF_TIME_MS]] = (double)time_ms;
     if (col[RF_T] >= 0) row[col[RF_T]] = (double)t_write_ns * 1e-9;
     if (col[RF_Q] >= 0) memcpy(row + col[RF_Q], self->b[B_Q], 7 * sizeof(double));

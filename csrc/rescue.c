@@ -121,7 +121,7 @@ static int rescue_cycle(Kernel *self, int primary) {
     }
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
     cycle_info info = {primary ? SERVER_KERNEL : SERVER_RESCUE, success, t_read, t_write,
-                       (const double *)(st + off[R_TAU_J])};
+                       (const double *)(st + off[R_TAU_J]), p, mode};
     note_written(self, (long long)time_ms, finished, &info);
     attrib_cycle(self, 1, (long long)time_ms, atomic_load(&self->s_due), t_call, t_read, t_write);
     self->last_success = success;

@@ -103,7 +103,7 @@ PyObject *Kernel_test_record_rows(Kernel *self, PyObject *arg) {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
     static const double tau_measured[7] = {1, 2, 3, 4, 5, 6, 7};
-    cycle_info info = {SERVER_LOOP, 1.0, 0, 1000, tau_measured};
+    cycle_info info = {SERVER_LOOP, 1.0, 0, 1000, tau_measured, self->last_params, self->last_mode};
     long long start = now_ns();
     for (long i = 0; i < n; i++) record_row(self, i, start, &info);
     return PyLong_FromLongLong(now_ns() - start);

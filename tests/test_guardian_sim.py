@@ -26,7 +26,7 @@ JOINT_TOL = 0.01  # rad, the tracking tolerance of docs/controller.md
 
 @pytest.fixture
 async def settled(robot):
-    async with Controller(robot) as controller:
+    async with Controller(robot, serve="loop") as controller:
         await controller.move(limits.Q_HOME, speed=0.6)
         await controller.wait(0.5)
         yield controller
@@ -141,7 +141,7 @@ async def test_on_stall_stop_ramps_down_and_raises(robot):
 
 async def test_on_stall_silent_takes_over_without_logging(robot, caplog):
     caplog.set_level(logging.WARNING, logger="aiofranka")
-    async with Controller(robot, on_stall="silent") as controller:
+    async with Controller(robot, serve="loop", on_stall="silent") as controller:
         time.sleep(0.03)
         await controller.wait(0.2)
         assert controller.stats.takeovers >= 1
@@ -233,7 +233,7 @@ def test_a_loop_on_a_plain_thread_runs_real_time_for_the_session_and_the_guardia
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
         async def main():
-            async with Controller(robot) as controller:
+            async with Controller(robot, serve="loop") as controller:
                 await controller.wait(0.1)  # the guardian sets its priority as it starts
                 seen["loop"] = policy()
                 seen["guardian"] = policy(controller._guardian.native_id)
@@ -267,7 +267,7 @@ async def test_an_idle_loop_leaves_the_guardian_asleep(robot):
     second here). A host slow enough for the loop itself to wake late has stalls
     (the loop's own late wakeups, seen: tens per second), each of which wakes the
     guardian and lets it serve a cycle or two: they are allowed for."""
-    async with Controller(robot) as controller:
+    async with Controller(robot, serve="loop") as controller:
         await controller.wait(0.5)  # settled: the schedule has learned the period
         guardian = controller._guardian.native_id
         start, switches, stalls = time.monotonic(), _switches(guardian), controller.stats.stalls

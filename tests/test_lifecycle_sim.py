@@ -66,7 +66,7 @@ def test_controller_runs_on_uvloop(robot):
 async def test_an_exception_in_the_law_ramps_down_and_is_raised_from_the_next_await(robot):
     from aiofranka import Controller
 
-    controller = Controller(robot)
+    controller = Controller(robot, serve="loop")
     await controller.start()
     controller.switch("torque")
     controller.torque = [3.0, 0, 0, 0, 0, 0, 0]
@@ -104,7 +104,7 @@ async def test_each_session_releases_its_descriptors_when_it_ends(robot):
             await controller.wait(0.01)
     assert _open_fds() == before
     # And a session that ends in an error.
-    controller = Controller(robot)
+    controller = Controller(robot, serve="loop")
     await controller.start()
     controller._cycle.law_params = None  # fault injection: the next cycle raises
     with pytest.raises(aiofranka.ControlLawError):

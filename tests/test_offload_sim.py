@@ -148,6 +148,14 @@ async def held(robot):
         yield controller
 
 
+@pytest.fixture
+async def held_loop(robot):
+    """The event loop serving each cycle: its stalls are what the guardian names."""
+    async with Controller(robot, serve="loop") as controller:
+        await controller.move(limits.Q_HOME, speed=0.6)
+        yield controller
+
+
 async def test_blocking_policy_inline_reflexes(robot):
     # Without the guardian, the event loop is the only thing feeding the arm.
     controller = Controller(robot, guardian=False)
@@ -292,7 +300,8 @@ async def test_torch_model_through_cuda_inference_thread_runs_20_s(mlp, held):
         check_lost(base, run)
 
 
-async def test_stall_watchdog_names_the_culprit_once(held, caplog):
+async def test_stall_watchdog_names_the_culprit_once(held_loop, caplog):
+    held = held_loop
     caplog.set_level(logging.WARNING, logger="aiofranka")
 
     def briefly_blocking_helper():
@@ -323,7 +332,8 @@ async def test_stall_watchdog_names_the_culprit_once(held, caplog):
     assert len(warnings) == 1  # once per culprit
 
 
-async def test_pure_python_stall_is_also_named(held):
+async def test_pure_python_stall_is_also_named(held_loop):
+    held = held_loop
     # 40 ms, five times: long enough that a guardian delayed by a busy machine
     # still samples the stack while burn_python runs (15 ms was missed once).
     for _ in range(5):

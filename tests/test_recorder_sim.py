@@ -22,7 +22,7 @@ LOOP, GUARDIAN, RESCUE = (SERVERS.index(name) for name in ("loop", "guardian", "
 
 @pytest.fixture
 async def settled(robot):
-    async with Controller(robot) as controller:
+    async with Controller(robot, serve="loop") as controller:
         await controller.move(limits.Q_HOME, speed=0.6)
         yield controller
 

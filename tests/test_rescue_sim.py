@@ -76,7 +76,7 @@ async def _hold_gil_beside(controller: Controller, seconds: float, burst: float 
 
 @pytest.mark.parametrize("mode", ["impedance", "osc"])
 async def test_a_thread_holding_the_gil_for_hundreds_of_ms_is_covered(robot, mode):
-    async with Controller(robot) as controller:
+    async with Controller(robot, serve="loop") as controller:
         await controller.move(limits.Q_HOME, speed=0.6)
         if mode == "osc":
             controller.switch("osc")
@@ -123,7 +123,7 @@ async def test_a_reflex_met_by_the_rescue_thread_is_raised_from_the_next_await(r
     (the rescue thread serving):
     the simulator aborts the motion, and the rescue thread is the one that
     reads the reflex. It comes back as the usual ReflexError."""
-    controller = Controller(robot)
+    controller = Controller(robot, serve="loop")
     await controller.start()
     try:
         await controller.wait(0.1)

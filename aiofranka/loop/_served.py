@@ -180,12 +180,12 @@ class KernelServing:
                                           "ramping down"))
         self.buf.time_ms = now
         self.buf.success_rate = self.kernel.success_rate
+        if now >= self._next_wake_ms:
+            self._wake(now)  # first: a waiter sees the last state before the session ends
         if finished:
             self.session_finished = True
             done.set_result(None)
             return
-        if now >= self._next_wake_ms:
-            self._wake(now)
         if self._move_end_ms is not None and now >= self._move_end_ms:
             self.finish_trajectory()
         self.arm_wake()
