@@ -74,6 +74,7 @@ int afd_write(void *fn, void *ctl, const void *torques, char *msg, size_t n);
  * ramp and motion_finished; otherwise a rescue (the last inputs, paused).
  * 0, or -1 after storing libfranka's error. */
 static int rescue_cycle(Kernel *self, int primary) {
+    long long due = atomic_load(&self->s_due); /* for attrib.c: when the state we serve was due */
     long long t_call = now_ns();
     int kind = afd_read(self->r_read, self->r_ctl, self->r_state, self->r_error, sizeof self->r_error);
     if (kind) {
@@ -123,7 +124,8 @@ static int rescue_cycle(Kernel *self, int primary) {
     cycle_info info = {primary ? SERVER_KERNEL : SERVER_RESCUE, success, t_read, t_write,
                        (const double *)(st + off[R_TAU_J]), p, mode};
     note_written(self, (long long)time_ms, finished, &info);
-    attrib_cycle(self, 1, (long long)time_ms, atomic_load(&self->s_due), t_call, t_read, t_write);
+    attrib_cycle(self, primary ? 2 : 1, (long long)time_ms, due, t_call, t_read, t_write);
+    if (primary) schedule_observe(self, t_read, (long long)time_ms, finished); /* the next state's deadline */
     self->last_success = success;
     atomic_store(&self->rescued_last, 1);
     atomic_fetch_add(&self->seq, 1);
@@ -138,13 +140,16 @@ static int rescue_cycle(Kernel *self, int primary) {
     return 0;
 }
 
-/* Kernel serving: serve each state as it comes, until serving stops. */
+/* Kernel serving: serve each state as it comes, until serving stops. After
+ * 100 ms without a state it reads anyway: the robot streams states for as long
+ * as a session is open, so libfranka's own timeout then reports the lost
+ * connection (or a late state is served). */
 static void serve_states(Kernel *self) {
-    if (!fd_wait(self->r_fd, self->r_stop, 100)) return;
+    fd_wait(self->r_fd, self->r_stop, 100); /* no other thread reads while the kernel serves */
+    if (!atomic_load(&self->r_run)) return;
     while (!lock_try(self)) sched_yield(); /* Python holds it only inside a set_law/play_rows call */
     int rc = 0;
-    if (atomic_load(&self->k_primary) && !atomic_load(&self->finished) && !atomic_load(&self->r_error_kind) &&
-        state_waiting(self->r_fd, 0))
+    if (atomic_load(&self->k_primary) && !atomic_load(&self->finished) && !atomic_load(&self->r_error_kind))
         rc = rescue_cycle(self, 1);
     lock_release(self);
     if (rc < 0 && self->k_wake >= 0) event_signal(self->k_wake); /* Python raises libfranka's error */

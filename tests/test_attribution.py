@@ -55,6 +55,12 @@ def test_late_rescue_thread_is_the_host():
     assert classify(gap(kind=1, tid=7, prev_kind=1, prev_tid=7), ROLES)[0] == "host"
 
 
+def test_kernel_serving_names_its_thread():
+    category, detail = classify(gap(kind=2, tid=7, prev_kind=2, prev_tid=7), ROLES)
+    assert category == "host" and detail.startswith("the kernel thread read")
+    assert classify(gap(kind=2, tid=7), ROLES) == ("handover", "loop -> kernel")
+
+
 @pytest.mark.parametrize("probe, expected", [
     (FUTEX, "GIL wait"),
     (next(iter(EPOLL)), "host"),

@@ -218,3 +218,27 @@ async def test_a_restart_serves_from_the_kernel_again(robot):
         await controller.stop()
     with pytest.raises(aiofranka.ControllerStateError):
         await controller.wait(0.1)
+
+
+async def test_a_silent_robot_ends_the_session_with_the_lost_connection():
+    """No state for 100 ms: the C thread reads anyway, libfranka's timeout names the lost connection,
+    and the event loop raises it (the session does not wait forever with nothing served)."""
+    from aiofranka import Robot
+
+    with Robot() as robot:
+        controller = Controller(robot, serve="kernel")
+        await controller.start()
+        await controller.wait(0.1)
+        pid = robot.simulator.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(aiofranka.RobotConnectionError):
+                await asyncio.wait_for(controller.wait(60.0), 30.0)
+            took = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert not controller.running
+        with pytest.raises(aiofranka.RobotConnectionError):
+            await controller.stop()
+    assert took < 20.0

@@ -301,6 +301,42 @@ def test_worker_threads_follow_torchs_thread_count():
     assert proc.stdout.decode().split() == ["0", "0"]  # no OpenMP team member beside either worker
 
 
+AUTO_TEAM = """
+    import os, torch
+    from aiofranka.offload import CudaInferenceThread
+    model, x = torch.nn.Linear(256, 256), torch.zeros(1, 256)
+
+    def forward():
+        for _ in range(50):
+            model(x)
+        return len(os.listdir("/proc/self/task")), torch.get_num_threads()
+
+    base = len(os.listdir("/proc/self/task"))
+    for threads in ("auto", None, 2):
+        with CudaInferenceThread(torch_threads=threads) as runner:
+            count, reported = runner.run_sync(forward)
+        print(count - base - 1, reported)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="the auto count is one thread on a 2-CPU machine")
+def test_the_inference_thread_runs_one_torch_thread_on_a_two_cpu_machine():
+    """No torch.set_num_threads() anywhere: on two CPUs "auto" runs the calls without an
+    OpenMP team (a team of two took 5.5 ms per forward beside the loop, one thread 0.6 ms);
+    None follows torch's own count (a team of two); an int sets the count."""
+    proc = run_script(AUTO_TEAM, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    lines = [line.split() for line in proc.stdout.decode().splitlines()]
+    assert lines[0] == ["0", "1"], lines  # auto: the worker alone, one thread
+    assert int(lines[2][1]) == 2 and int(lines[2][0]) >= 1, lines  # 2: a team member beside the worker
+
+
+def test_torch_threads_is_checked():
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(ValueError, match="torch_threads"):
+            CudaInferenceThread(torch_threads=bad)
+
+
 def raise_stop_iteration() -> None:
     raise StopIteration("done")
 

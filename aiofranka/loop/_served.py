@@ -29,9 +29,6 @@ from .command import IMPEDANCE, MODES, OSC, TORQUE
 
 #: ``wake_at`` for "no robot time is awaited".
 _NEVER = 1 << 62
-#: How often the loop checks that states still come (s), and how long without one ends the session (s).
-SILENCE_CHECK_S = 0.1
-SILENCE_LIMIT_S = 0.1
 
 
 class KernelServing:
@@ -41,8 +38,6 @@ class KernelServing:
         self.serving = False
         self.kernel_serve = False  # this session was planned with kernel serving
         self._wake_fd = -1
-        self._silence_handle = None
-        self._silence_seen = (-1, 0.0)
         self._move_start_ms = 0
         self._move_end_ms: int | None = None
         self._held_at_move = 0
@@ -63,16 +58,11 @@ class KernelServing:
         kernel.serve_start(self._wake_fd)
         if self.stop_requested:  # a stop asked for before the kernel served
             self.request_stop()
-        self._silence_seen = (kernel.time_ms, time.monotonic())
-        self._silence_handle = loop.call_later(SILENCE_CHECK_S, self._check_silence)
         return True
 
     def stop_serving(self) -> None:
         """The session is over (the rescue thread was stopped): drop the wakeups and the rows."""
         self.serving = False
-        if self._silence_handle is not None:
-            self._silence_handle.cancel()
-            self._silence_handle = None
         if self._wake_fd >= 0:
             if self.loop is not None:
                 self.loop.remove_reader(self._wake_fd)
@@ -189,23 +179,6 @@ class KernelServing:
         if self._move_end_ms is not None and now >= self._move_end_ms:
             self.finish_trajectory()
         self.arm_wake()
-
-    def _check_silence(self) -> None:
-        """No state for long: hand the cycle back to Python, whose read reports the lost connection."""
-        self._silence_handle = None
-        if not self.serving or self.session_finished:
-            return
-        now, seen = self.kernel.time_ms, time.monotonic()
-        last_ms, since = self._silence_seen
-        if now != last_ms:
-            self._silence_seen = (now, seen)
-        elif seen - since > SILENCE_LIMIT_S:
-            self.kernel.serve_stop()
-            self.serving = False
-            self.kernel.read_anyway()
-            self.serve()
-            return
-        self._silence_handle = self.loop.call_later(SILENCE_CHECK_S, self._check_silence)
 
     def kernel_snapshot(self):
         """A consistent copy of the latest state the kernel served."""

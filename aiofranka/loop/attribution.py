@@ -42,7 +42,8 @@ class Gap:
 
     Times are CLOCK_MONOTONIC ns. ``kind``: 0 a Python thread (event loop or
     guardian, told apart by ``tid``; ``prev_tid`` 0: not known, the cycle
-    before recording started), 1 the rescue thread. ``cpu_ns``,
+    before recording started), 1 the rescue thread, 2 the same thread serving
+    every cycle (kernel serving). ``cpu_ns``,
     ``delay_ns``, ``window_ns``: what the serving Python thread did between
     its own previous cycle and this call (CPU time, run-queue wait, wall
     time; -1 unknown). ``probe``: what the watch thread found the loop's
@@ -78,7 +79,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(Gap))
 
 
 def _role(kind: int, tid: int, roles: dict[int, str]) -> str:
-    return "rescue" if kind == 1 else roles.get(tid, f"thread {tid}")
+    return "rescue" if kind == 1 else "kernel" if kind == 2 else roles.get(tid, f"thread {tid}")
 
 
 def classify(gap: Gap, roles: dict[int, str] | None = None) -> tuple[str, str]:
@@ -90,8 +91,8 @@ def classify(gap: Gap, roles: dict[int, str] | None = None) -> tuple[str, str]:
     late = gap.call_ns - gap.due_ns if gap.due_ns > 0 else None
     if late is None or late < period // 2:
         return "simulator", "the read was called before the state was due"
-    if gap.kind == 1:
-        return "host", f"the rescue thread read {late / 1000:.0f} us after the state was due"
+    if gap.kind in (1, 2):
+        return "host", f"the {_role(gap.kind, gap.tid, roles)} thread read {late / 1000:.0f} us after the state was due"
     if gap.delay_ns >= 0 and gap.delay_ns * 2 >= late:
         return "host", f"runnable but not running for {gap.delay_ns / 1000:.0f} us"
     probed = gap.probe != UNPROBED and gap.prev_write_ns <= gap.probe_ns <= gap.call_ns

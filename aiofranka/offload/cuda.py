@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import dataclasses
 import logging
+import os
 import queue
 import sys
 import threading
@@ -91,6 +92,13 @@ class _Call:
             self.loop.call_soon_threadsafe(_settle, self.future, ok, value)
         except RuntimeError:  # the caller's loop is closed: nobody waits
             pass
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
@@ -179,8 +187,14 @@ class CudaInferenceThread:
       inherited a real-time policy.  Before each call it applies
       ``torch.get_num_threads()`` to itself when that changed (torch sets
       OpenMP's count per thread; see docs/async.md), so
-      ``torch.set_num_threads(1)`` in the main thread also holds here; on
-      small machines it is often a good idea.
+      ``torch.set_num_threads(1)`` in the main thread also holds here.
+      ``torch_threads``: ``"auto"`` (the default) runs the calls with one
+      intra-op thread on a machine with two CPUs or fewer, where a team
+      competes with the control loop and the simulator (a forward pass took
+      5.5 ms on a team of two beside the loop against 0.6 ms on one thread,
+      docs/async.md); an int sets that count; ``None`` follows
+      ``torch.get_num_threads()`` alone. torch keeps one count per process:
+      setting it here changes what ``torch.get_num_threads()`` reports elsewhere.
     * **Stop.**  :meth:`stop` fails every queued call with
       :class:`WorkerStoppedError` and joins the thread; later calls raise it
       too.  A call already running cannot be interrupted: stop waits for it
@@ -197,9 +211,19 @@ class CudaInferenceThread:
     the interpreter from exiting.  Stop the runner before exit anyway.
     """
 
-    def __init__(self, name: str = "aiofranka-inference", device: Any = None, *, stats_window: int = 10_000) -> None:
+    def __init__(self, name: str = "aiofranka-inference", device: Any = None, *, stats_window: int = 10_000,
+                 torch_threads: int | str | None = "auto") -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
+        # (cap, exact) for _follow_torch_threads
+        if torch_threads == "auto":
+            self._torch_threads = (1 if _usable_cpus() <= 2 else None, None)
+        elif torch_threads is None:
+            self._torch_threads = (None, None)
+        elif isinstance(torch_threads, int) and not isinstance(torch_threads, bool) and torch_threads >= 1:
+            self._torch_threads = (None, torch_threads)
+        else:
+            raise ValueError(f"torch_threads must be 'auto', None or an int >= 1, got {torch_threads!r}")
         if not isinstance(stats_window, int) or stats_window < 1:
             raise ValueError(f"stats_window must be a positive int, got {stats_window!r}")
         self._name = name
@@ -523,7 +547,7 @@ class CudaInferenceThread:
                 if call.cancelled():
                     continue
                 self._current = call
-                _follow_torch_threads()
+                _follow_torch_threads(*self._torch_threads)
                 started = clock()
                 ok = True
                 try:

@@ -112,8 +112,8 @@ _worker_numbers = itertools.count()
 _torch_threads = threading.local()
 
 
-def _follow_torch_threads() -> None:
-    """Apply ``torch.get_num_threads()`` to the calling thread, if it changed.
+def _follow_torch_threads(cap: int | None = None, exact: int | None = None) -> None:
+    """Apply ``torch.get_num_threads()`` to the calling thread, if it changed (at most ``cap``; ``exact``: that count).
 
     ``torch.set_num_threads`` reaches OpenMP only for the thread that calls it;
     other threads keep OpenMP's default team (one thread per CPU): after
@@ -125,8 +125,10 @@ def _follow_torch_threads() -> None:
     if torch is None:
         return
     try:
-        count = torch.get_num_threads()
-        if getattr(_torch_threads, "count", None) != count:
+        count = torch.get_num_threads() if exact is None else exact
+        if cap is not None and count > cap:
+            count = cap
+        if getattr(_torch_threads, "count", None) != count or torch.get_num_threads() != count:
             torch.set_num_threads(count)
             _torch_threads.count = count
     except Exception:  # noqa: BLE001 - a partly imported or stubbed torch: leave it be
