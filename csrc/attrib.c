@@ -73,7 +73,7 @@ void attrib_free(Kernel *self) {
     self->attrib = NULL;
 }
 
-/* A Python cycle is about to read (Kernel.cycle, under the cycle lock). */
+/* A cycle of the loop (Kernel.cycle) or of kernel serving is about to read (under the cycle lock). */
 void attrib_begin(Kernel *self) {
     if (self->attrib && schedstat(&t_start_cpu, &t_start_delay) < 0) t_start_cpu = -1;
 }
@@ -98,7 +98,7 @@ void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long
         r[A_KIND] = kind;
         r[A_PREV_TID] = a->prev_tid;
         r[A_PREV_KIND] = a->prev_kind;
-        int known = kind == 0 && t_gen == a->gen && t_end_cpu >= 0 && t_start_cpu >= 0;
+        int known = kind != 1 && t_gen == a->gen && t_end_cpu >= 0 && t_start_cpu >= 0;
         r[A_CPU] = known ? t_start_cpu - t_end_cpu : -1;
         r[A_DELAY] = known ? t_start_delay - t_end_delay : -1;
         r[A_WINDOW] = known ? t_call - t_end_wall : -1;
@@ -112,8 +112,8 @@ void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long
     a->prev_write = t_write;
     a->prev_tid = tid;
     a->prev_kind = kind;
-    if (kind == 0) {
-        atomic_store(&a->py_tid, (int)tid);
+    if (kind != 1) { /* a thread that serves every cycle: the loop, or the kernel's */
+        if (kind == 0) atomic_store(&a->py_tid, (int)tid);
         if (schedstat(&t_end_cpu, &t_end_delay) < 0) t_end_cpu = -1;
         t_end_wall = now_ns();
         t_gen = a->gen;

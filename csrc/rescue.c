@@ -75,6 +75,7 @@ int afd_write(void *fn, void *ctl, const void *torques, char *msg, size_t n);
  * 0, or -1 after storing libfranka's error. */
 static int rescue_cycle(Kernel *self, int primary) {
     long long due = atomic_load(&self->s_due); /* for attrib.c: when the state we serve was due */
+    if (primary) attrib_begin(self);
     long long t_call = now_ns();
     int kind = afd_read(self->r_read, self->r_ctl, self->r_state, self->r_error, sizeof self->r_error);
     if (kind) {

@@ -19,6 +19,59 @@ def gone_within(pid: int, seconds: float) -> bool:
     return False
 
 
+def context_switches(tid: int) -> int:
+    """Voluntary + involuntary context switches of one of our threads so far."""
+    total = 0
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+FROZEN_SCRIPT = """
+import asyncio
+from aiofranka import Controller, Robot
+async def main():
+    with Robot() as robot:
+        try:
+            async with Controller(robot, serve={serve!r}) as controller:
+                print("READY", controller.stats.serve, flush=True)
+                await controller.wait(60)
+        except Exception as exc:
+            print("ENDED", type(exc).__name__, exc, flush=True)
+asyncio.run(main())
+"""
+
+
+def frozen_child(serve: str, timeout: float = 30.0) -> tuple[str, str | None]:
+    """A child holding a pose with ``Controller(serve=serve)``, frozen whole
+    (SIGSTOP) for 200 ms: (its READY line, its output after, or None if it
+    hung for ``timeout`` s)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", FROZEN_SCRIPT.format(serve=serve)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        ready = child.stdout.readline()
+        time.sleep(0.5)
+        os.kill(child.pid, signal.SIGSTOP)
+        time.sleep(0.2)
+        os.kill(child.pid, signal.SIGCONT)
+        try:
+            out, _ = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            out = None
+        return ready, out
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+
 def burn_python(seconds: float) -> int:
     """Pure-Python work that holds the GIL for ``seconds``."""
     end = time.perf_counter() + seconds

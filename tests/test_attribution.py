@@ -55,10 +55,17 @@ def test_late_rescue_thread_is_the_host():
     assert classify(gap(kind=1, tid=7, prev_kind=1, prev_tid=7), ROLES)[0] == "host"
 
 
-def test_kernel_serving_names_its_thread():
-    category, detail = classify(gap(kind=2, tid=7, prev_kind=2, prev_tid=7), ROLES)
-    assert category == "host" and detail.startswith("the kernel thread read")
+def test_kernel_serving_tells_a_late_thread_from_a_late_state():
+    kernel = dict(kind=2, tid=7, prev_kind=2, prev_tid=7)
     assert classify(gap(kind=2, tid=7), ROLES) == ("handover", "loop -> kernel")
+    # runnable, not running, for most of the lateness: the host
+    category, detail = classify(gap(**kernel, delay_ns=1_500_000, window_ns=2_600_000, cpu_ns=20_000), ROLES)
+    assert category == "host" and "runnable but not running" in detail
+    # asleep in poll for most of its window: the state itself came late
+    category, detail = classify(gap(**kernel, delay_ns=10_000, window_ns=2_600_000, cpu_ns=20_000), ROLES)
+    assert category == "simulator" and "the kernel thread was waiting" in detail
+    # nothing recorded
+    assert classify(gap(**kernel, delay_ns=-1, window_ns=-1, cpu_ns=-1), ROLES)[0] == "unknown"
 
 
 @pytest.mark.parametrize("probe, expected", [

@@ -17,7 +17,7 @@ import pytest
 import aiofranka
 from aiofranka import Controller, limits
 
-from _policies import burn_python
+from _policies import burn_python, context_switches
 
 pytestmark = pytest.mark.sim
 
@@ -249,16 +249,6 @@ def test_a_loop_on_a_plain_thread_runs_real_time_for_the_session_and_the_guardia
     assert seen["after"] == (os.SCHED_OTHER, 0)
 
 
-def _switches(tid: int) -> int:
-    """Voluntary + involuntary context switches of one of our threads so far."""
-    total = 0
-    with open(f"/proc/self/task/{tid}/status") as f:
-        for line in f:
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                total += int(line.split()[1])
-    return total
-
-
 @pytest.mark.timing
 async def test_an_idle_loop_leaves_the_guardian_asleep(robot):
     """While the event loop keeps its deadlines, the Python guardian sleeps: the
@@ -270,9 +260,9 @@ async def test_an_idle_loop_leaves_the_guardian_asleep(robot):
     async with Controller(robot, serve="loop") as controller:
         await controller.wait(0.5)  # settled: the schedule has learned the period
         guardian = controller._guardian.native_id
-        start, switches, stalls = time.monotonic(), _switches(guardian), controller.stats.stalls
+        start, switches, stalls = time.monotonic(), context_switches(guardian), controller.stats.stalls
         await asyncio.sleep(2.0)
         seconds = time.monotonic() - start
-        switches, stalls = _switches(guardian) - switches, controller.stats.stalls - stalls
+        switches, stalls = context_switches(guardian) - switches, controller.stats.stalls - stalls
     assert switches < 100 * seconds + 20 * stalls, \
         f"{switches / seconds:.0f} switches/s of the guardian; {stalls / seconds:.1f} stalls/s"

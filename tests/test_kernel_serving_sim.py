@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,34 +20,19 @@ import aiofranka
 from aiofranka import Controller
 from aiofranka.loop.trajectory import TargetRows
 
+from _policies import burn_python, context_switches, frozen_child
+
 pytestmark = [pytest.mark.sim, pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
                                                 reason="kernel serving needs the rescue thread: x86-64 Linux")]
-
-
-def _switches(tid: int) -> int:
-    total = 0
-    with open(f"/proc/self/task/{tid}/status") as f:
-        for line in f:
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                total += int(line.split()[1])
-    return total
-
-
-def _spin(seconds: float) -> None:
-    """Run Python bytecode on this thread (holding the GIL but for switch intervals)."""
-    end = time.perf_counter() + seconds
-    n = 0
-    while time.perf_counter() < end:
-        n += 1
 
 
 async def test_the_kernel_serves_and_the_event_loop_sleeps(robot):
     async with Controller(robot, serve="kernel") as controller:
         await controller.wait(0.3)
         tid = threading.get_native_id()
-        before, t0 = _switches(tid), controller.time_ms
+        before, t0 = context_switches(tid), controller.time_ms
         await asyncio.sleep(1.0)
-        woke = _switches(tid) - before
+        woke = context_switches(tid) - before
         served = controller.time_ms - t0
         stats = controller.stats
     assert stats.serve == "kernel"
@@ -67,7 +51,7 @@ async def test_a_blocked_or_busy_event_loop_does_not_hold_up_the_arm(robot):
         for _ in range(3):
             time.sleep(0.15)  # the event loop blocked, the GIL free
             await controller.wait(0.05)
-            _spin(0.15)  # the event loop running Python, holding the GIL
+            burn_python(0.15)  # the event loop running Python, holding the GIL
             await controller.wait(0.05)
         stats = controller.stats
     assert stats.guardian_cycles == 0 and stats.rescued_cycles == 0
@@ -154,39 +138,12 @@ async def test_stop_ramps_down_in_the_kernel(robot):
     np.testing.assert_allclose(steps, -1.0 / 200.0, atol=1e-9)
 
 
-FROZEN = """
-import asyncio
-from aiofranka import Controller, Robot
-async def main():
-    with Robot() as robot:
-        try:
-            async with Controller(robot, serve="kernel") as controller:
-                print("READY", controller.stats.serve, flush=True)
-                await controller.wait(60)
-        except Exception as exc:
-            print("ENDED", type(exc).__name__, exc, flush=True)
-asyncio.run(main())
-"""
-
-
 def test_a_reflex_met_by_the_kernel_is_raised_from_the_next_await():
     """The whole process frozen for 200 ms: the C thread meets the reflex and wakes the event loop."""
-    child = subprocess.Popen([sys.executable, "-c", FROZEN], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().split()[:2] == ["READY", "kernel"]
-        time.sleep(0.5)
-        os.kill(child.pid, signal.SIGSTOP)
-        time.sleep(0.2)
-        os.kill(child.pid, signal.SIGCONT)
-        try:
-            out, _ = child.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the process hung after the reflex")
-        assert "ENDED ReflexError" in out and "communication_constraints_violation" in out, out
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
+    ready, out = frozen_child("kernel")
+    assert ready.split()[:2] == ["READY", "kernel"], ready
+    assert out is not None, "the process hung after the reflex"
+    assert "ENDED ReflexError" in out and "communication_constraints_violation" in out, out
 
 
 async def test_the_serve_option(robot):

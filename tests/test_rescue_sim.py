@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -23,7 +21,7 @@ import pytest
 import aiofranka
 from aiofranka import Controller, _kernel, limits
 
-from _policies import hold_gil
+from _policies import frozen_child, hold_gil
 
 pytestmark = [pytest.mark.sim, pytest.mark.skipif(platform.machine() != "x86_64",
                                                 reason="the rescue thread is built on x86-64 only")]
@@ -151,21 +149,6 @@ async def test_a_reflex_met_by_the_rescue_thread_is_raised_from_the_next_await(r
         assert controller.stats.lost_cycles <= 25
 
 
-FROZEN_SCRIPT = """
-import asyncio
-from aiofranka import Controller, Robot
-async def main():
-    with Robot() as robot:
-        try:
-            async with Controller(robot) as controller:
-                print("READY", flush=True)
-                await controller.wait(60)
-        except Exception as exc:
-            print("ENDED", type(exc).__name__, exc, flush=True)
-asyncio.run(main())
-"""
-
-
 def test_a_frozen_process_ends_with_the_reflex_not_a_hang():
     """The whole process is frozen (SIGSTOP) for 200 ms while the event loop
     serves: on waking, the loop and the rescue thread both find a state
@@ -174,22 +157,11 @@ def test_a_frozen_process_ends_with_the_reflex_not_a_hang():
     with the ReflexError within seconds. (Without the kernel's check under its
     lock, about 1 run in 5 hung here; four runs.)"""
     for run in range(4):
-        child = subprocess.Popen([sys.executable, "-c", FROZEN_SCRIPT], stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout.readline().startswith("READY")
-            time.sleep(0.5)
-            os.kill(child.pid, signal.SIGSTOP)
-            time.sleep(0.2)
-            os.kill(child.pid, signal.SIGCONT)
-            try:
-                out, _ = child.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"run {run}: the process hung after the reflex (a second readOnce waits forever)")
-            assert "ENDED ReflexError" in out and "communication_constraints_violation" in out, out
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
+        ready, out = frozen_child("loop")
+        assert ready.split()[:2] == ["READY", "loop"], ready
+        if out is None:
+            pytest.fail(f"run {run}: the process hung after the reflex (a second readOnce waits forever)")
+        assert "ENDED ReflexError" in out and "communication_constraints_violation" in out, out
 
 
 def test_the_rescue_setting_follows_guardian_and_needs_the_socket(robot):

@@ -5,12 +5,14 @@ in robot time (``csrc/attrib.c``); :class:`GapReader` drains those records
 and :func:`classify` names a cause for each (docs/versus.md#attribution):
 
 * ``simulator``: the client called ``readOnce`` before the next state was
-  due and still got a later one: the simulator skipped or bunched states;
+  due and still got a later one: the simulator skipped or bunched states
+  (under kernel serving also: its thread waited for the state, which came late);
 * ``handover``: the cycle was served by another thread than the one before
   (event loop, guardian, rescue thread);
 * ``host``: the serving thread was runnable but not running (its run-queue
   wait covers most of the lateness), the loop slept in epoll past the
-  deadline, or the rescue thread itself was late;
+  deadline, or the rescue thread itself was late (under kernel serving: its
+  thread was runnable but not running, or busy);
 * ``GIL wait``: the loop's thread was found waiting on a futex (the GIL)
   while its cycle was overdue;
 * ``event loop late``: the loop's thread was running Python (a callback) or
@@ -91,8 +93,10 @@ def classify(gap: Gap, roles: dict[int, str] | None = None) -> tuple[str, str]:
     late = gap.call_ns - gap.due_ns if gap.due_ns > 0 else None
     if late is None or late < period // 2:
         return "simulator", "the read was called before the state was due"
-    if gap.kind in (1, 2):
-        return "host", f"the {_role(gap.kind, gap.tid, roles)} thread read {late / 1000:.0f} us after the state was due"
+    if gap.kind == 1:
+        return "host", f"the rescue thread read {late / 1000:.0f} us after the state was due"
+    if gap.kind == 2:
+        return _classify_kernel(gap, late)
     if gap.delay_ns >= 0 and gap.delay_ns * 2 >= late:
         return "host", f"runnable but not running for {gap.delay_ns / 1000:.0f} us"
     probed = gap.probe != UNPROBED and gap.prev_write_ns <= gap.probe_ns <= gap.call_ns
@@ -108,6 +112,19 @@ def classify(gap: Gap, roles: dict[int, str] | None = None) -> tuple[str, str]:
     if gap.cpu_ns >= 0 and gap.cpu_ns * 2 >= late:
         return "event loop late", f"the loop's thread ran {gap.cpu_ns / 1000:.0f} us of Python"
     return "unknown", f"{late / 1000:.0f} us late, not probed"
+
+
+def _classify_kernel(gap: Gap, late: int) -> tuple[str, str]:
+    """A gap seen by kernel serving, whose thread sleeps only while it waits for the next state."""
+    if gap.delay_ns >= 0 and gap.delay_ns * 2 >= late:
+        return "host", f"the kernel thread was runnable but not running for {gap.delay_ns / 1000:.0f} us"
+    if gap.cpu_ns >= 0 and gap.cpu_ns * 2 >= late:
+        return "host", f"the kernel thread ran {gap.cpu_ns / 1000:.0f} us since its last cycle"
+    if gap.window_ns >= 0 and gap.delay_ns >= 0 and gap.cpu_ns >= 0:
+        asleep = gap.window_ns - gap.delay_ns - gap.cpu_ns
+        if asleep * 2 >= gap.window_ns:
+            return "simulator", f"the state came {late / 1000:.0f} us after it was due (the kernel thread was waiting)"
+    return "unknown", f"the kernel thread read {late / 1000:.0f} us after the state was due"
 
 
 def breakdown(gaps, roles: dict[int, str] | None = None) -> dict[str, dict]:
