@@ -216,11 +216,19 @@ class LoopStats:
             ("cycles", f"{self.cycles}"),
             ("lost cycles", f"{self.lost_cycles} ({100 * self.lost_fraction:.3f} %)"),
             ("min success rate", f"{self.min_success_rate:.3f}"),
-            ("compute (read->write)", str(self.compute)),
-            ("period", str(self.period)),
-            ("readOnce wait (GIL held)", str(self.read_wait)),
+        ]
+        if self.serve == "kernel":
+            # The C thread keeps no per-cycle histograms; the recorder has each cycle's compute_us.
+            rows += [("served by", f"kernel ({self.kernel_cycles} cycles; per-cycle timings: controller.record)")]
+        else:
+            rows += [
+                ("compute (read->write)", str(self.compute)),
+                ("period", str(self.period)),
+                ("readOnce wait (GIL held)", str(self.read_wait)),
+                ("served by", "loop"),
+            ]
+        rows += [
             ("robot time / wall time", f"{self.robot_time_s:.2f} s / {self.wall_time_s:.2f} s"),
-            ("served by", f"{self.serve}" + (f" ({self.kernel_cycles} cycles)" if self.serve == "kernel" else "")),
             ("mode / wait", f"{self.mode} / {self.wait} (margin {self.wake_margin_us:.0f} us, "
                             f"{self.late_wakeups} late wakeups)"),
             ("event-loop stalls", f"{self.stalls} (longest {self.longest_stall_ms:.1f} ms)"),

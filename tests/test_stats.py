@@ -60,3 +60,15 @@ def test_latency_histogram_keeps_outliers_in_the_last_bin_and_the_true_max():
     assert summary.p99_us <= 5000.0
     hist.clear()
     assert hist.count == 0 and np.isnan(hist.summary().p50_us)
+
+
+def test_the_loop_table_says_who_served_and_drops_timings_the_kernel_does_not_keep():
+    from aiofranka.stats import LoopStats, Summary
+
+    common = dict(cycles=1000, lost_cycles=0, min_success_rate=1.0, compute=Summary.empty(), period=Summary.empty(),
+                  robot_time_s=1.0, wall_time_s=1.0, mode="impedance", switch_interval_s=0.005)
+    kernel = LoopStats(**common, serve="kernel", kernel_cycles=999).table()
+    assert "kernel (999 cycles; per-cycle timings: controller.record)" in kernel
+    assert "compute (read->write)" not in kernel and "period" not in kernel
+    loop = LoopStats(**common).table()
+    assert "compute (read->write)" in loop and "served by" in loop and "kernel (" not in loop
