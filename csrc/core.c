@@ -173,7 +173,6 @@ static PyMethodDef Kernel_methods[] = {
     {"rescue_stop", (PyCFunction)Kernel_rescue_stop, METH_NOARGS, "stop and join the rescue thread"},
     {"serve_start", (PyCFunction)Kernel_serve_start, METH_O,
      "serve_start(wake_fd): the rescue thread serves every state; it writes wake_fd when Python should look"},
-    {"serve_stop", (PyCFunction)Kernel_serve_stop, METH_NOARGS, "the rescue thread serves only for a stall again"},
     {"set_law", FASTCALL(Kernel_set_law), "set_law(mode, scale, *params): the law's inputs from the next cycle on"},
     {"play_rows", FASTCALL(Kernel_play_rows),
      "play_rows(start_ms, positions, velocities[, poses]): target rows indexed by robot time"},

@@ -144,7 +144,7 @@ PyObject *Kernel_cycle(Kernel *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     if (atomic_load(&self->r_error_kind)) return rescue_raise(self);
     if (atomic_load(&self->k_primary)) {
-        PyErr_SetString(PyExc_RuntimeError, "the kernel serves the cycles (serve_stop() first)");
+        PyErr_SetString(PyExc_RuntimeError, "the kernel serves the cycles (rescue_stop() first)");
         return NULL;
     }
     Py_buffer v[6];

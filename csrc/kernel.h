@@ -227,7 +227,6 @@ void serve_release(Kernel *self);
 int serve_prepare(Kernel *self, long long time_ms, double *params, int *mode, double *scale);
 void serve_after(Kernel *self, long long time_ms, int finite, int finished);
 PyObject *Kernel_serve_start(Kernel *self, PyObject *arg);
-PyObject *Kernel_serve_stop(Kernel *self, PyObject *ignored);
 PyObject *Kernel_set_law(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *Kernel_play_rows(Kernel *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *Kernel_clear_rows(Kernel *self, PyObject *ignored);

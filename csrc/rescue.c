@@ -69,17 +69,22 @@ int afd_bind(void *ctl, void **read_fn, void **write_fn, char *err, size_t n);
 int afd_read(void *fn, void *ctl, void *result, char *msg, size_t n);
 int afd_write(void *fn, void *ctl, const void *torques, char *msg, size_t n);
 
-/* One cycle on the C++ objects; the caller holds the cycle lock. `primary`:
- * kernel serving (serve.c): the law's inputs of this state's robot time, the
- * ramp and motion_finished; otherwise a rescue (the last inputs, paused).
+/* One cycle on the C++ objects. `primary`: kernel serving (serve.c): the
+ * law's inputs of this state's robot time, the ramp and motion_finished; the
+ * cycle lock is taken once the state is read (no other thread reads then, and
+ * a read that waits for libfranka's timeout must not hold it). Otherwise a
+ * rescue (the last inputs, paused), the caller holding the lock throughout.
  * 0, or -1 after storing libfranka's error. */
 static int rescue_cycle(Kernel *self, int primary) {
     long long due = atomic_load(&self->s_due); /* for attrib.c: when the state we serve was due */
     if (primary) attrib_begin(self);
     long long t_call = now_ns();
     int kind = afd_read(self->r_read, self->r_ctl, self->r_state, self->r_error, sizeof self->r_error);
+    if (primary)
+        while (!lock_try(self)) sched_yield(); /* Python holds it only inside a set_law/play_rows call */
     if (kind) {
         atomic_store(&self->r_error_kind, kind);
+        if (primary) lock_release(self);
         return -1;
     }
     /* seq goes odd below, even again once the arrays are whole */
@@ -119,6 +124,7 @@ static int rescue_cycle(Kernel *self, int primary) {
     if (kind) {
         atomic_fetch_add(&self->seq, 1);
         atomic_store(&self->r_error_kind, kind);
+        if (primary) lock_release(self);
         return -1;
     }
     memcpy(self->b[B_TAU_LAST], self->b[B_TAU_CMD], 7 * sizeof(double));
@@ -137,7 +143,10 @@ static int rescue_cycle(Kernel *self, int primary) {
         memcpy(self->stage + F_TAU_J, st + off[R_TAU_J], 7 * sizeof(double));
         seqlock_store((double *)self->pub.buf, self->stage, F_LEN);
     }
-    if (primary) serve_after(self, (long long)time_ms, finite, finished);
+    if (primary) {
+        serve_after(self, (long long)time_ms, finite, finished);
+        lock_release(self);
+    }
     return 0;
 }
 
@@ -147,13 +156,11 @@ static int rescue_cycle(Kernel *self, int primary) {
  * connection (or a late state is served). */
 static void serve_states(Kernel *self) {
     fd_wait(self->r_fd, self->r_stop, 100); /* no other thread reads while the kernel serves */
-    if (!atomic_load(&self->r_run)) return;
-    while (!lock_try(self)) sched_yield(); /* Python holds it only inside a set_law/play_rows call */
-    int rc = 0;
-    if (atomic_load(&self->k_primary) && !atomic_load(&self->finished) && !atomic_load(&self->r_error_kind))
-        rc = rescue_cycle(self, 1);
-    lock_release(self);
-    if (rc < 0 && self->k_wake >= 0) event_signal(self->k_wake); /* Python raises libfranka's error */
+    if (!atomic_load(&self->r_run) || !atomic_load(&self->k_primary) || atomic_load(&self->finished) ||
+        atomic_load(&self->r_error_kind))
+        return;
+    if (rescue_cycle(self, 1) < 0 && self->k_wake >= 0)
+        event_signal(self->k_wake); /* Python raises libfranka's error */
 }
 
 static void *rescue_main(void *arg) {

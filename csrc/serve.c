@@ -9,8 +9,10 @@
  * Python waits for (wake_at), or when the session ends or the law fails.
  *
  * Everything here that the serving thread reads is changed under the cycle
- * lock, which the thread holds for each cycle (microseconds) and Python takes
- * only inside these calls, with no Python code run while holding it. */
+ * lock, which the thread holds from each state read to its command written
+ * (microseconds) and Python takes only inside these calls, with no Python
+ * code run while holding it. Serving ends only with the thread (rescue_stop),
+ * so no Python read can overlap one of the thread's. */
 #include "kernel.h"
 
 #include <limits.h>
@@ -130,14 +132,6 @@ PyObject *Kernel_serve_start(Kernel *self, PyObject *arg) {
     atomic_store(&self->k_primary, 1);
     lock_release(self);
     timer_arm(self->r_timer, now_ns()); /* wake the thread from its watchdog sleep now */
-    Py_RETURN_NONE;
-}
-
-/* serve_stop(): the rescue thread goes back to stepping in only for a stall. */
-PyObject *Kernel_serve_stop(Kernel *self, PyObject *Py_UNUSED(ignored)) {
-    lock_spin(self);
-    atomic_store(&self->k_primary, 0);
-    lock_release(self);
     Py_RETURN_NONE;
 }
 
