@@ -10,9 +10,11 @@
  * targets and gains the loop used (impedance with zero target velocity, so a
  * trajectory pauses rather than runs on), the same safety filter, writeOnce.
  * It keeps serving each state that waits r_grace_ns unserved until a cycle
- * written by someone else shows that Python is back. It never writes
- * motion_finished; a libfranka error ends its serving and is raised by the
- * next cycle Python runs. */
+ * written by someone else shows that Python is back. As a rescuer it never
+ * writes motion_finished; a libfranka error ends its serving and is raised by
+ * the next cycle Python runs. Under kernel serving (serve.c) the same thread
+ * serves every state as it comes, ramps down and writes motion_finished
+ * itself, and wakes Python for an error. */
 #include "kernel.h"
 
 #include <errno.h>
