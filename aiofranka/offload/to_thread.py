@@ -125,10 +125,12 @@ def _follow_torch_threads(cap: int | None = None, exact: int | None = None) -> N
     if torch is None:
         return
     try:
-        count = torch.get_num_threads() if exact is None else exact
+        current = torch.get_num_threads()
+        count = current if exact is None else exact
         if cap is not None and count > cap:
             count = cap
-        if getattr(_torch_threads, "count", None) != count or torch.get_num_threads() != count:
+        # torch's count is per process: set it again if someone else changed it since
+        if getattr(_torch_threads, "count", None) != count or current != count:
             torch.set_num_threads(count)
             _torch_threads.count = count
     except Exception:  # noqa: BLE001 - a partly imported or stubbed torch: leave it be
