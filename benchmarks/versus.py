@@ -95,7 +95,11 @@ class Load:
             def spin() -> None:
                 go.wait()
                 # 0 if the window ended before the thread ever got the GIL (beside the bare loop)
+                t0, c0 = time.perf_counter(), time.thread_time()
                 result["worker_iterations"] = 0 if self._thread_stop.is_set() else spin_count(1e9, self._thread_stop)
+                wall = time.perf_counter() - t0
+                # the share of a core the thread got over the window (its CPU time / wall time)
+                result["worker_cpu_share"] = (time.thread_time() - c0) / wall if wall > 0 else 0.0
 
             self._thread = threading.Thread(target=spin, name="versus-L1", daemon=True)
             self._thread.start()
@@ -238,7 +242,8 @@ class Ours:
                           "late_us": (g.call_ns - g.due_ns) / 1e3 if g.due_ns else None,
                           "after_last_write_us": (g.call_ns - g.prev_write_ns) / 1e3}
                          for g in self.gaps[:100]],
-                "culprits": [str(c) for c in stats.culprits][:5], "compute_p99_us": stats.compute.p99_us}
+                "culprits": [str(c) for c in stats.culprits][:5], "compute_p99_us": stats.compute.p99_us,
+                "serve_cpu_moves": stats.serve_moves}
 
     async def stop(self) -> None:
         try:
