@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 SOURCES = ["core.c", "laws.c", "cycle.c", "seqlock.c", "rescue.c", "watch.c", "abi.c", "clock.c", "record.c", "serve.c",
-           "testing.c", "attrib.c"]
+           "testing.c", "attrib.c", "place.c"]
 
 # The rescue thread calls libfranka with the x86-64 Linux calling convention
 # (csrc/direct.cpp, docs/rescue-abi.md): anywhere else it is left out, and

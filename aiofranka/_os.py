@@ -19,6 +19,7 @@ import threading
 
 __all__ = [
     "IS_LINUX",
+    "allowed_cpus",
     "demote_to_normal",
     "fifo_priority",
     "fifo_priority_above",
@@ -122,6 +123,14 @@ def restore_thread_scheduling(saved: tuple | None, *, unless_changed_from: tuple
         os.sched_setscheduler(tid, policy, os.sched_param(priority))
     except (AttributeError, OSError):
         pass
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs the calling thread may run on (all of them where affinity cannot be read)."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
 
 
 def fifo_priority_above(steps: int) -> int | None:

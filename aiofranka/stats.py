@@ -173,7 +173,9 @@ class LoopStats:
     * ``serve``: who serves the cycles (``"kernel"``: the C thread serves
       every cycle, Python only publishes targets, docs/kernel-serving.md;
       ``"loop"``: the event loop, backed by the guardian and the rescue thread);
-      ``kernel_cycles``: cycles the C thread served that way (counted in ``cycles``).
+      ``kernel_cycles``: cycles the C thread served that way (counted in ``cycles``);
+      ``serve_cpu``: the CPU it was last seen on (-1: unknown) and ``serve_moves``:
+      how often placement moved it off a busy CPU (docs/kernel-serving.md#placement).
     """
 
     cycles: int
@@ -201,6 +203,8 @@ class LoopStats:
     longest_rescue_ms: float = 0.0
     serve: str = "loop"
     kernel_cycles: int = 0
+    serve_cpu: int = -1
+    serve_moves: int = 0
 
     @property
     def lost_fraction(self) -> float:
@@ -219,7 +223,8 @@ class LoopStats:
         ]
         if self.serve == "kernel":
             # The C thread keeps no per-cycle histograms; the recorder has each cycle's compute_us.
-            rows += [("served by", f"kernel ({self.kernel_cycles} cycles; per-cycle timings: controller.record)")]
+            rows += [("served by", f"kernel ({self.kernel_cycles} cycles; per-cycle timings: controller.record)"),
+                     ("serving CPU", f"{self.serve_cpu} ({self.serve_moves} moves)")]
         else:
             rows += [
                 ("compute (read->write)", str(self.compute)),

@@ -84,6 +84,8 @@ static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         self->r_fd = self->r_timer = self->r_stop = self->k_wake = -1;
         self->k_ramp_left = self->k_ramp_total = -1;
         self->w_timer = self->w_stop = self->w_wake = self->w_state_fd = -1;
+        self->p_mode = PLACE_AUTO;
+        atomic_store(&self->p_cpu, -1);
         schedule_reset(self);
     }
     return (PyObject *)self;
@@ -181,6 +183,10 @@ static PyMethodDef Kernel_methods[] = {
      "rows_status() -> (switches, held_cycles, late_switches, current_start_ms, next_start_ms)"},
     {"wake_at", (PyCFunction)Kernel_wake_at, METH_O, "wake_at(time_ms): write the wake fd once robot time reaches it"},
     {"ramp", (PyCFunction)Kernel_ramp, METH_O, "ramp(cycles): scale down to zero, then write motion_finished"},
+    {"place", (PyCFunction)Kernel_place, METH_O,
+     "place(mode): the C thread's placement from the next rescue_start: -1 auto, -2 off, or a CPU to pin to"},
+    {"place_status", (PyCFunction)Kernel_place_status, METH_NOARGS,
+     "place_status() -> (cpu, moves): the CPU the C thread was last seen on (-1: not yet), its moves"},
     {"serve_status", (PyCFunction)Kernel_serve_status, METH_NOARGS,
      "serve_status() -> (serving, law_failed, finished, rescue_error, time_ms, served)"},
     {"refresh_state", (PyCFunction)Kernel_refresh_state, METH_O,

@@ -57,6 +57,7 @@ void rescue_join(Kernel *self) {
     self->r_timer = self->r_stop = -1; /* before closing: every cycle written arms r_timer if set */
     if (timer >= 0) close(timer);
     if (stop >= 0) close(stop);
+    place_close(self);
     Py_CLEAR(self->r_ctl_obj);
     Py_CLEAR(self->r_tq_obj);
     for (int i = 0; i < 3; i++) Py_CLEAR(self->r_exc[i]);
@@ -161,8 +162,11 @@ static void serve_states(Kernel *self) {
     if (!atomic_load(&self->r_run) || !atomic_load(&self->k_primary) || atomic_load(&self->finished) ||
         atomic_load(&self->r_error_kind))
         return;
-    if (rescue_cycle(self, 1) < 0 && self->k_wake >= 0)
-        event_signal(self->k_wake); /* Python raises libfranka's error */
+    if (rescue_cycle(self, 1) < 0) {
+        if (self->k_wake >= 0) event_signal(self->k_wake); /* Python raises libfranka's error */
+        return;
+    }
+    place_tick(self); /* twice a second: off a CPU another thread keeps busy (place.c) */
 }
 
 static void *rescue_main(void *arg) {
@@ -175,6 +179,7 @@ static void *rescue_main(void *arg) {
         struct sched_param sp = {.sched_priority = self->r_priority};
         pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp); /* best effort */
     }
+    place_thread_start(self);
     int active = 0;
     long long mine = 0, episode_start = 0;
     while (atomic_load(&self->r_run)) {
@@ -301,6 +306,10 @@ PyObject *Kernel_rescue_start(Kernel *self, PyObject *args) {
         return NULL;
     }
 #endif
+    if (place_open(self) < 0) {
+        rescue_join(self);
+        return NULL;
+    }
     /* Twice the measured size and a page more: the returned pair only adds a Duration. */
     self->r_state = PyMem_Calloc(1, (size_t)state_size * 2 + 4096);
     if (!self->r_state) {

@@ -255,7 +255,7 @@ class Cycle(KernelServing):
         try:
             self.kernel.rescue_start(self.ctl, robot.torques([0.0] * 7), robot.state_fd, layout[0], layout[1],
                                      after_ns, grace_ns, priority, robot.error_types)
-        except (RuntimeError, OSError, TypeError) as exc:
+        except (RuntimeError, OSError, TypeError, ValueError) as exc:  # ValueError: serve_cpu no longer allowed
             self.rescue_state = f"off: {exc}"
         else:
             self.rescue_state = "on"
@@ -543,6 +543,7 @@ class Cycle(KernelServing):
         robot_time = (self.buf.time_ms - self.robot_start_ms) / 1000.0 if self.robot_start_ms >= 0 else 0.0
         lost, rescued, rescues, longest_rescue_ns, _, _ = self.kernel.counters()
         served = self.kernel_cycles()
+        cpu, moves = self.kernel.place_status()
         schedule = self.schedule
         return LoopStats(
             cycles=self.cycles + rescued + served,
@@ -570,6 +571,8 @@ class Cycle(KernelServing):
             longest_rescue_ms=longest_rescue_ns / 1e6,
             serve="kernel" if self.kernel_serve and (self.serving or served) else "loop",
             kernel_cycles=served,
+            serve_cpu=cpu,
+            serve_moves=moves,
         )
 
     # -- robot-time waits -----------------------------------------------------------------

@@ -66,7 +66,10 @@ class Controller:
     (``"kernel"``: the rescue thread serves every cycle from C and the event loop
     only publishes targets, docs/kernel-serving.md; ``"loop"``: the event loop
     serves each cycle, backed by the guardian and the rescue thread; ``"auto"``:
-    the kernel where the rescue thread can run, else the loop).
+    the kernel where the rescue thread can run, else the loop); ``serve_cpu``
+    (where that C thread runs: ``"auto"`` moves it off a CPU another thread
+    keeps busy when another CPU has room, an int pins it to that CPU, ``None``
+    leaves it to the scheduler; docs/kernel-serving.md#placement).
 
     Example::
 
@@ -93,7 +96,7 @@ class Controller:
                  joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 1e-4,
                  wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
                  on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True,
-                 rescue: bool | None = None, serve: str = "auto") -> None:
+                 rescue: bool | None = None, serve: str = "auto", serve_cpu: int | str | None = "auto") -> None:
         if not isinstance(robot, Robot):
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
@@ -143,6 +146,7 @@ class Controller:
         if on_stall == "stop" or not rescue_on:
             serve = "loop" if serve == "auto" else serve
         self._serve = serve
+        place = _place_mode(serve_cpu)
         self._on_stall = on_stall
         self._stall_limit_ns = int(1e9 * validation.positive("stall_limit", stall_limit, upper=60.0))
 
@@ -152,6 +156,7 @@ class Controller:
         self._buf = robot.state_buffer(dtau_max=np.full(7, rate), margin=margin, stiffness=stiffness,
                                        damping=damping)
         self._kernel = self._buf.kernel
+        self._kernel.place(place)  # the C thread's placement (place.c), applied when it starts
         self._schedule = Schedule(self._kernel, learn_margin=wait == "timerfd")
         self._cycle = Cycle(robot, self._buf, self.commands, self._schedule, mode=mode_index, wait_mode=wait,
                             rescue=rescue_on, rescue_state=rescue_state, stop_ramp=stop_ramp)
@@ -714,3 +719,17 @@ class Controller:
 
 #: The name aiofranka 0.9's guide gives the in-process controller (docs/migration.md).
 FrankaController = Controller
+
+
+def _place_mode(serve_cpu) -> int:
+    """The kernel's placement code for ``serve_cpu`` (-1 auto, -2 off, else the CPU), validated."""
+    if serve_cpu == "auto":
+        return -1
+    if serve_cpu is None:
+        return -2
+    if isinstance(serve_cpu, bool) or not isinstance(serve_cpu, int):
+        raise TypeError(f"serve_cpu must be 'auto', None or a CPU number, got {serve_cpu!r}")
+    allowed = sorted(_os.allowed_cpus())
+    if serve_cpu not in allowed:
+        raise ValueError(f"serve_cpu must be one of the CPUs this process may run on {allowed}, got {serve_cpu}")
+    return serve_cpu

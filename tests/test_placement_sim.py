@@ -1,0 +1,100 @@
+"""Placement of the serving C thread (``serve_cpu``) against franka-sim.
+
+Real pylibfranka and a real CPU hog: a process spinning on the serving thread's
+CPU. Linux keeps waking a real-time thread on its last CPU, so without
+placement the serving thread would stay there, taking the hog off its CPU a
+thousand times a second. See docs/kernel-serving.md#placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aiofranka import Controller
+
+pytestmark = [
+    pytest.mark.sim,
+    pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                       reason="kernel serving needs the rescue thread: x86-64 Linux"),
+    pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
+                       reason="placement needs two CPUs to choose from"),
+]
+
+
+@contextlib.contextmanager
+def hog_on(cpu: int):
+    """A process spinning pure Python on ``cpu`` (a user's busy policy or data loader)."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        yield hog
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def serving_thread_affinity() -> set[int]:
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            if f.read().startswith("aiofranka-resc"):
+                return os.sched_getaffinity(int(tid))
+    raise AssertionError("no serving thread (aiofranka-resc) in this process")
+
+
+async def wait_for_moves(controller, moves: int, seconds: float) -> bool:
+    for _ in range(int(seconds / 0.1)):
+        if controller.stats.serve_moves >= moves:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_the_serving_thread_moves_off_a_cpu_another_process_keeps_busy(robot):
+    async with Controller(robot, serve="kernel") as controller:
+        await controller.wait(0.6)  # a first /proc/stat sample taken
+        cpu, moves = controller.stats.serve_cpu, controller.stats.serve_moves
+        assert cpu in os.sched_getaffinity(0)
+        with hog_on(cpu):
+            moved = await wait_for_moves(controller, moves + 1, 6.0)
+            stats = controller.stats
+        affinity = serving_thread_affinity()
+    assert moved, f"the serving thread stayed on CPU {cpu} beside a process spinning there"
+    assert stats.serve_cpu != cpu
+    assert affinity == os.sched_getaffinity(0)  # moved, not pinned: the scheduler may move it again
+    assert stats.lost_cycles <= 20, stats.table()
+
+
+async def test_serve_cpu_none_leaves_the_thread_where_the_scheduler_puts_it(robot):
+    async with Controller(robot, serve="kernel", serve_cpu=None) as controller:
+        await controller.wait(0.6)
+        with hog_on(max(os.sched_getaffinity(0))):
+            await controller.wait(2.0)
+        stats = controller.stats
+    assert stats.serve == "kernel"
+    assert stats.serve_moves == 0
+
+
+async def test_serve_cpu_pins_the_serving_thread(robot):
+    cpu = max(os.sched_getaffinity(0))
+    async with Controller(robot, serve="kernel", serve_cpu=cpu) as controller:
+        await controller.wait(0.3)
+        affinity = serving_thread_affinity()
+        stats = controller.stats
+    assert affinity == {cpu}
+    assert stats.serve_cpu == cpu and stats.serve_moves == 0
+    assert stats.kernel_cycles >= 200
+
+
+def test_the_serve_cpu_option_names_itself(robot):
+    with pytest.raises(TypeError, match="serve_cpu must be 'auto', None or a CPU number"):
+        Controller(robot, serve_cpu="fast")
+    with pytest.raises(TypeError, match="serve_cpu"):
+        Controller(robot, serve_cpu=True)
+    with pytest.raises(ValueError, match="serve_cpu must be one of the CPUs"):
+        Controller(robot, serve_cpu=4096)
