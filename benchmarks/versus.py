@@ -550,12 +550,13 @@ def summarise(runs: list[dict]) -> list[dict]:
         row = {"load": load, "contender": contender, "runs": len(rs),
                "errors": [r["error"] for r in rs if r.get("error")]}
         for key in ("lost_per_1000", "longest_gap_ms", "guardian_cycles", "rescued_cycles", "worker_iterations",
-                    "policy_p50_ms", "sim_states_per_s"):
+                    "worker_cpu_share", "policy_p50_ms", "sim_states_per_s"):
             vals = [r.get(key) for r in ok]
             row[key] = median(vals)
             present = [v for v in vals if v is not None]
             if present:
-                row[key + "_worst"] = min(present) if key in ("worker_iterations", "sim_states_per_s") else max(present)
+                lower_is_worse = ("worker_iterations", "worker_cpu_share", "sim_states_per_s")
+                row[key + "_worst"] = min(present) if key in lower_is_worse else max(present)
         attribution: dict[str, int] = {}
         for r in ok:
             for category, entry in (r.get("attribution") or {}).items():
@@ -580,6 +581,8 @@ def run_lines(run: dict) -> list[str]:
         extra += f" guardian/rescue {run['guardian_cycles']}/{run['rescued_cycles']}"
     if "worker_iterations" in run:
         extra += f" worker {run['worker_iterations'] / 1e6:.1f}M"
+        if run.get("worker_cpu_share") is not None:
+            extra += f" ({100 * run['worker_cpu_share']:.1f} % of a core)"
     if "policy_p50_ms" in run:
         extra += f" policy p50 {run['policy_p50_ms']:.2f} ms"
     if "mlp_run_p50_ms" in run:
@@ -599,8 +602,9 @@ def print_table(rows: list[dict]) -> None:
     print()
     print("Medians over rounds, the worst run in brackets. lost/1k = lost states per 1,000 robot cycles;")
     print("gap = longest gap in robot time (ms); g/r = cycles served by the guardian / the rescue thread;")
-    print("worker = L1 thread iterations (M); policy = L3 MLP / L4 mpify round trip p50 (ms); sim = states/s.")
-    head = (f"{'load':<4} {'contender':<12} {'lost/1k':>15} {'gap':>9} {'g/r':>11} {'worker':>13} "
+    print("worker = L1 thread iterations (M) and its CPU share (% of a core, median); policy = L3 MLP / L4 mpify")
+    print("round trip p50 (ms); sim = states/s.")
+    head = (f"{'load':<4} {'contender':<12} {'lost/1k':>15} {'gap':>9} {'g/r':>11} {'worker':>19} "
             f"{'policy':>13} {'sim':>11}  attribution (lost, all runs)")
     print(head)
     print("-" * len(head))
@@ -608,11 +612,13 @@ def print_table(rows: list[dict]) -> None:
         gr = "-" if r.get("guardian_cycles") is None else f"{r['guardian_cycles']:.0f}/{r['rescued_cycles']:.0f}"
         worker = None if r.get("worker_iterations") is None else r["worker_iterations"] / 1e6
         worst_worker = None if r.get("worker_iterations_worst") is None else r["worker_iterations_worst"] / 1e6
+        share = r.get("worker_cpu_share")
+        worker_text = fmt(worker, ".0f", worst_worker) + ("" if share is None else f" {100 * share:.1f}%")
         attribution = ", ".join(f"{k} {v}" for k, v in sorted(r["attribution_lost"].items(), key=lambda kv: -kv[1]))
         errors = f"  [{len(r['errors'])} failed: {r['errors'][0][:60]}]" if r["errors"] else ""
         print(f"{r['load']:<4} {r['contender']:<12} {fmt(r['lost_per_1000'], '.2f', r.get('lost_per_1000_worst')):>15} "
               f"{fmt(r['longest_gap_ms'], '.0f', r.get('longest_gap_ms_worst')):>9} {gr:>11} "
-              f"{fmt(worker, '.0f', worst_worker):>13} "
+              f"{worker_text:>19} "
               f"{fmt(r['policy_p50_ms'], '.2f', r.get('policy_p50_ms_worst')):>13} "
               f"{fmt(r['sim_states_per_s'], '.0f', r.get('sim_states_per_s_worst')):>11}  {attribution}{errors}")
 
