@@ -12,14 +12,13 @@ import concurrent.futures
 import contextvars
 import dataclasses
 import logging
-import os
 import queue
 import sys
 import threading
 import time
 from typing import Any, Callable, Coroutine, ParamSpec, TypeVar
 
-from .._os import demote_to_normal
+from .._os import allowed_cpus, demote_to_normal
 from ..exceptions import MissingDependencyError, WorkerCrashedError, WorkerStoppedError
 from ..stats import Summary
 from .to_thread import AsyncCallable, _check_callable, _follow_torch_threads, _stop_iteration_error
@@ -92,13 +91,6 @@ class _Call:
             self.loop.call_soon_threadsafe(_settle, self.future, ok, value)
         except RuntimeError:  # the caller's loop is closed: nobody waits
             pass
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
@@ -217,7 +209,7 @@ class CudaInferenceThread:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         # (cap, exact) for _follow_torch_threads
         if torch_threads == "auto":
-            self._torch_threads = (1 if _usable_cpus() <= 2 else None, None)
+            self._torch_threads = (1 if len(allowed_cpus()) <= 2 else None, None)
         elif torch_threads is None:
             self._torch_threads = (None, None)
         elif isinstance(torch_threads, int) and not isinstance(torch_threads, bool) and torch_threads >= 1:
