@@ -47,6 +47,19 @@ def serving_thread_affinity() -> set[int]:
     raise AssertionError("no serving thread (aiofranka-resc) in this process")
 
 
+def cpu_busy() -> dict[int, tuple[int, int]]:
+    """Per CPU: (busy, total) clock ticks from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in fields[:8]]
+                busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+                out[int(name[3:])] = (busy, busy + v[3] + v[4])
+    return out
+
+
 async def wait_for_moves(controller, moves: int, seconds: float) -> bool:
     for _ in range(int(seconds / 0.1)):
         if controller.stats.serve_moves >= moves:
@@ -61,9 +74,17 @@ async def test_the_serving_thread_moves_off_a_cpu_another_process_keeps_busy(rob
         cpu, moves = controller.stats.serve_cpu, controller.stats.serve_moves
         assert cpu in os.sched_getaffinity(0)
         with hog_on(cpu):
+            before = cpu_busy()
             moved = await wait_for_moves(controller, moves + 1, 6.0)
+            after = cpu_busy()
             stats = controller.stats
         affinity = serving_thread_affinity()
+    if not moved:
+        # A loaded CI host may leave no CPU with room, and then staying is right.
+        room = {c: 1 - (after[c][0] - before[c][0]) / max(1, after[c][1] - before[c][1])
+                for c in os.sched_getaffinity(0) if c != cpu and c in after and c in before}
+        if room and max(room.values()) < 0.3:  # the C thread needs 30 points of room
+            pytest.skip(f"no other CPU had room for the serving thread (idle share {room})")
     assert moved, f"the serving thread stayed on CPU {cpu} beside a process spinning there"
     assert stats.serve_cpu != cpu
     assert affinity == os.sched_getaffinity(0)  # moved, not pinned: the scheduler may move it again
