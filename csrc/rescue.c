@@ -83,8 +83,17 @@ static int rescue_cycle(Kernel *self, int primary) {
     if (primary) attrib_begin(self);
     long long t_call = now_ns();
     int kind = afd_read(self->r_read, self->r_ctl, self->r_state, self->r_error, sizeof self->r_error);
-    if (primary)
-        while (!lock_try(self)) sched_yield(); /* Python holds it only inside a set_law/play_rows call */
+    if (primary) {
+        /* Python holds it only inside a set_law/play_rows call (microseconds). If this
+         * thread preempted that holder on this CPU, sched_yield never lets a lower
+         * priority run: after a few tries sleep 20 us at a time so the holder can finish. */
+        for (int tries = 0; !lock_try(self); tries++) {
+            if (tries < 50)
+                sched_yield();
+            else
+                sleep_until_ns(now_ns() + 20000);
+        }
+    }
     if (kind) {
         atomic_store(&self->r_error_kind, kind);
         if (primary) lock_release(self);
