@@ -26,6 +26,7 @@ __all__ = [
     "gc_freezer",
     "is_fifo",
     "is_normal",
+    "loop_thread_demotion",
     "promote",
     "promote_current_thread",
     "restore_thread_scheduling",
@@ -206,5 +207,51 @@ class _GcFreezer:
             gc.unfreeze()
 
 
+class _LoopThreadDemotion:
+    """SCHED_OTHER for an event loop's thread while any kernel-served session runs on it.
+
+    With the C thread serving, no cycle waits on the event loop, and a real-time
+    loop thread would run the user's Python (imports, dataset writing, a stall)
+    above every normal thread, the simulator's and the user's workers included.
+    The first session on a thread saves its policy, the last one puts it back.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, list] = {}  # native id -> [sessions, saved policy or None]
+        self._kept: set[int] = set()
+
+    def keep_current_thread(self) -> None:
+        """Leave the calling thread's policy alone: it runs only aiofranka's own
+        short callbacks (server mode's loop thread), never the user's Python."""
+        self._kept.add(threading.get_native_id())
+
+    def enter(self) -> None:
+        tid = threading.get_native_id()
+        held = self._held.get(tid)
+        if held is not None:
+            held[0] += 1
+            return
+        saved = thread_scheduling(tid)
+        try:
+            if saved is None or tid in self._kept or _policy(0) not in (os.SCHED_FIFO, os.SCHED_RR):
+                saved = None
+            else:
+                set_normal(reset_on_fork=bool(saved[1] & _RESET_ON_FORK))
+        except (AttributeError, OSError):
+            saved = None
+        self._held[tid] = [1, saved]
+
+    def leave(self) -> None:
+        tid = threading.get_native_id()
+        held = self._held.get(tid)
+        if held is None:
+            return
+        held[0] -= 1
+        if held[0] == 0:
+            del self._held[tid]
+            restore_thread_scheduling(held[1])
+
+
 switch_interval = _SwitchInterval()
 gc_freezer = _GcFreezer()
+loop_thread_demotion = _LoopThreadDemotion()

@@ -167,6 +167,65 @@ async def test_the_serve_option(robot):
         assert controller.stats.serve == "loop"
 
 
+def _policy(tid: int = 0) -> tuple[int, int]:
+    return os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(tid).sched_priority
+
+
+def _serving_thread() -> int:
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            if f.read().startswith("aiofranka-resc"):
+                return int(tid)
+    raise AssertionError("no serving thread (aiofranka-resc) in this process")
+
+
+async def test_the_event_loop_thread_runs_normal_while_the_kernel_serves(robot):
+    """The connecting thread is real-time (libfranka's promotion, lowered to
+    rt_priority). With the C thread serving, Python on that thread (imports,
+    dataset writing) would run above every normal thread, the simulator's
+    included: a CI run saw the simulator starved into the communication reflex.
+    For the session the loop thread runs SCHED_OTHER, the C thread stays
+    above the robot's priority, and the policy comes back afterwards."""
+    if robot.rt_priority is None:
+        pytest.skip("the connecting thread is not real-time here (needs root)")
+    before = _policy()
+    assert before == (os.SCHED_FIFO, robot.rt_priority)
+    async with Controller(robot, serve="kernel") as controller:
+        await controller.wait(0.05)
+        during, serving = _policy(), _policy(_serving_thread())
+    assert during == (os.SCHED_OTHER, 0)
+    assert serving == (os.SCHED_FIFO, robot.rt_priority + 2)
+    assert _policy() == before
+    async with Controller(robot, serve="loop") as controller:  # the loop serves: it stays real-time
+        await controller.wait(0.05)
+        assert _policy() == before
+
+
+def test_the_c_thread_is_real_time_when_the_loop_runs_on_a_plain_thread(robot):
+    """The C thread's priority followed the loop thread's: with the event loop on
+    a thread other than the connecting one, it served every cycle at normal
+    priority, where a CPU hog deschedules it. It runs two above the robot's."""
+    if robot.rt_priority is None:
+        pytest.skip("the connecting thread is not real-time here (needs root)")
+    seen = {}
+
+    def on_a_plain_thread():
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+        async def main():
+            async with Controller(robot, serve="kernel") as controller:
+                await controller.wait(0.05)
+                seen["loop"], seen["serving"] = _policy(), _policy(_serving_thread())
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=on_a_plain_thread)
+    thread.start()
+    thread.join(30)
+    assert seen["loop"] == (os.SCHED_OTHER, 0)
+    assert seen["serving"] == (os.SCHED_FIFO, robot.rt_priority + 2)
+
+
 async def test_a_restart_serves_from_the_kernel_again(robot):
     controller = Controller(robot, serve="kernel")
     for _ in range(2):

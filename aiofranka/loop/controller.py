@@ -168,6 +168,7 @@ class Controller:
         self._set_grid: DeadlineGrid | None = None
         self._switch_interval_in_force = switch_interval
         self._loop_sched_saved: tuple | None = None
+        self._loop_demoted = False  # loop_thread_demotion entered for this session
         self._guardian: Guardian | None = None
         self._last_guardian: Guardian | None = None
         self._wall_start_ns = 0
@@ -347,6 +348,14 @@ class Controller:
         self._task = loop.create_task(self._run(first), name="aiofranka-control-loop")
         await first
         self._raise_stored_error()
+
+    def _rescue_priority(self) -> int:
+        """SCHED_FIFO priority of the C thread: two above the event loop's thread,
+        or above the robot's where that thread runs normal (0: normal as well)."""
+        above = _os.fifo_priority_above(2)
+        if above is None and getattr(self._robot, "rt_priority", None):
+            above = min(99, self._robot.rt_priority + 2)
+        return above or 0
 
     def _start_guardian(self, loop) -> None:
         self._cycle.guard_running = True
@@ -651,7 +660,7 @@ class Controller:
         try:
             if cycle.run(initial=True):
                 return
-            cycle.start_rescue(self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, _os.fifo_priority_above(2) or 0)
+            cycle.start_rescue(self.RESCUE_AFTER_NS, self.RESCUE_GRACE_NS, self._rescue_priority())
             _rescue_abi.warn_if_off(self._takeover, cycle.rescue_state)
             if cycle.kernel_serve and not cycle.start_serving():
                 # The rescue thread did not start after all: the event loop serves.
@@ -659,6 +668,11 @@ class Controller:
                 cycle.kernel_serve = False
                 cycle.attach(self._loop)
                 self._start_guardian(self._loop)
+            elif cycle.kernel_serve:
+                # No cycle waits on this thread now: its Python must not outrank
+                # the simulator's or the user's threads (docs/kernel-serving.md).
+                _os.loop_thread_demotion.enter()
+                self._loop_demoted = True
             first.set_result(None)
             done = self._loop.create_future()
             cycle.open(done)
@@ -697,6 +711,9 @@ class Controller:
         self._robot.release(self)
         saved, self._loop_sched_saved = self._loop_sched_saved, None
         _os.restore_thread_scheduling(saved)
+        if self._loop_demoted:
+            self._loop_demoted = False
+            _os.loop_thread_demotion.leave()
         if self._guardian is not None:
             self._last_guardian = self._guardian
             self._guardian.stop()

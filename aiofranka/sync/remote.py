@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import _kernel, limits, validation
 from ..exceptions import ControllerStateError, WorkerCrashedError
-from .._os import fifo_priority, promote
+from .._os import fifo_priority, loop_thread_demotion, promote
 from ..loop._bridge import call_on_loop
 from ..loop.command import SETTABLE, TABLE, check_mode, validate
 from ..offload._proxy import set_exit_timeout
@@ -104,6 +104,8 @@ class _ControllerServer:
                 priority = fifo_priority()
             if priority is not None:
                 self._raise_priority(priority)
+                # Only the server's own code runs here: keep the priority under kernel serving too.
+                loop_thread_demotion.keep_current_thread()
             self._controller = Controller(self._robot, **controller_options)
             self._controller.publish_to(self._frame.buf, self._robot.model.mass)
         except BaseException as exc:  # noqa: BLE001 - raised in the parent by mpify
