@@ -10,27 +10,37 @@
  * cycle with pread on a descriptor kept per thread). The watch thread, when it
  * finds a due cycle unclaimed, notes what the last Python server's thread was
  * in (/proc/self/task/<tid>/syscall: running, or the system call it sleeps
- * in), which tells a GIL wait (futex) from a loop asleep in epoll. No
- * allocation and no Python per cycle; the ring is allocated by attrib_start. */
+ * in), which tells a GIL wait (futex) from a loop asleep in epoll. A gap
+ * record also has when the state read and the one read before it were sent:
+ * the socket's receive stamp (SIOCGSTAMPNS, one call per cycle while
+ * recording), which on loopback is taken in the sender's sendto. States sent a
+ * period apart and read together mean a late reader; states sent together, a
+ * simulator that bunched them. No allocation and no Python per cycle; the ring
+ * is allocated by attrib_start. */
 #include "kernel.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define ATTRIB_RING 512
 
 /* The fields of a record, as int64 (the Python side's column order). */
 enum { A_TIME_MS, A_PREV_MS, A_PREV_WRITE, A_DUE, A_CALL, A_READ, A_WRITE, A_TID, A_KIND, A_PREV_TID, A_PREV_KIND,
-       A_CPU, A_DELAY, A_WINDOW, A_PROBE, A_PROBE_AT, A_PERIOD, A_FIELDS };
+       A_CPU, A_DELAY, A_WINDOW, A_PROBE, A_PROBE_AT, A_PERIOD, A_SENT, A_PREV_SENT, A_FIELDS };
 
 struct attrib {
     long long ring[ATTRIB_RING][A_FIELDS];
     atomic_llong count;   /* records pushed; record i lives in ring[i % ATTRIB_RING] */
     long long prev_ms, prev_write, prev_tid, prev_kind, cycles, gen;
+    int stamping;         /* the state socket's receive stamps are on */
+    long long prev_sent;  /* when the state of the previous cycle was sent (-1 unknown) */
     atomic_int py_tid;    /* the thread of the last Python cycle (the watch thread probes it) */
     atomic_llong probe, probe_at;
 };
@@ -68,6 +78,16 @@ static int schedstat(long long *cpu, long long *delay) {
     return 0;
 }
 
+/* When the newest state read from fd was sent (CLOCK_MONOTONIC ns); -1 unknown. */
+static long long sent_ns(int fd) {
+    struct timespec stamp, real, mono;
+    if (fd < 0 || ioctl(fd, SIOCGSTAMPNS, &stamp) < 0) return -1;
+    clock_gettime(CLOCK_REALTIME, &real);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    long long offset = (real.tv_sec - mono.tv_sec) * 1000000000LL + (real.tv_nsec - mono.tv_nsec);
+    return stamp.tv_sec * 1000000000LL + stamp.tv_nsec - offset;
+}
+
 void attrib_free(Kernel *self) {
     PyMem_RawFree(self->attrib);
     self->attrib = NULL;
@@ -84,6 +104,11 @@ void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long
     struct attrib *a = self->attrib;
     if (!a) return;
     long long tid = my_tid();
+    if (!a->stamping && self->r_fd >= 0) {
+        a->stamping = 1;
+        sent_ns(self->r_fd); /* the first SIOCGSTAMPNS turns the stamps on (and fails) */
+    }
+    long long sent = a->stamping ? sent_ns(self->r_fd) : -1;
     if (a->prev_ms >= 0 && time_ms - a->prev_ms > 1) {
         long long i = atomic_load(&a->count);
         long long *r = a->ring[i % ATTRIB_RING];
@@ -105,9 +130,12 @@ void attrib_cycle(Kernel *self, int kind, long long time_ms, long long due, long
         r[A_PROBE_AT] = atomic_load(&a->probe_at);
         r[A_PROBE] = atomic_load(&a->probe);
         r[A_PERIOD] = atomic_load(&self->s_period);
+        r[A_SENT] = sent;
+        r[A_PREV_SENT] = a->prev_sent;
         atomic_store(&a->count, i + 1); /* the record is whole before it is counted */
     }
     a->cycles++;
+    a->prev_sent = sent;
     a->prev_ms = time_ms;
     a->prev_write = t_write;
     a->prev_tid = tid;
@@ -163,6 +191,8 @@ PyObject *Kernel_attrib_start(Kernel *self, PyObject *Py_UNUSED(ignored)) {
     a->gen = atomic_fetch_add(&generation, 1) + 1;
     atomic_store(&a->probe, -2);
     atomic_store(&a->probe_at, 0);
+    a->stamping = 0;
+    a->prev_sent = -1;
     self->attrib = a;
     lock_release(self);
     Py_RETURN_NONE;
@@ -191,7 +221,7 @@ PyObject *Kernel_attrib_read(Kernel *self, PyObject *arg) {
 }
 
 PyObject *k_attrib_fields(PyObject *mod, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("(sssssssssssssssss)", "time_ms", "prev_ms", "prev_write_ns", "due_ns", "call_ns",
+    return Py_BuildValue("(sssssssssssssssssss)", "time_ms", "prev_ms", "prev_write_ns", "due_ns", "call_ns",
                          "read_ns", "write_ns", "tid", "kind", "prev_tid", "prev_kind", "cpu_ns", "delay_ns",
-                         "window_ns", "probe", "probe_ns", "period_ns");
+                         "window_ns", "probe", "probe_ns", "period_ns", "sent_ns", "prev_sent_ns");
 }

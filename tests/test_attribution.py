@@ -68,6 +68,23 @@ def test_kernel_serving_tells_a_late_thread_from_a_late_state():
     assert classify(gap(**kernel, delay_ns=-1, window_ns=-1, cpu_ns=-1), ROLES)[0] == "unknown"
 
 
+def test_send_stamps_tell_a_late_wake_up_from_bunched_states():
+    """Asleep in poll, the kernel thread looked like it waited for a late state;
+    the socket's stamps showed the states had been sent a period apart and sat
+    unread while the CPU took milliseconds to wake it (seen in ftrace: the
+    wake-up IPI to an idle vCPU came 8 ms late)."""
+    kernel = dict(kind=2, tid=7, prev_kind=2, prev_tid=7, delay_ns=10_000, window_ns=2_600_000, cpu_ns=20_000)
+    # 3 states (2 lost) sent over 3.3 ms, the newest read 0.9 ms after it was sent
+    late_wake = gap(**kernel, prev_sent_ns=9 * MS, sent_ns=12 * MS + 300_000, call_ns=13 * MS + 200_000)
+    category, detail = classify(late_wake, ROLES)
+    assert category == "host" and "asleep while a state waited" in detail and "3 states sent over 3300 us" in detail
+    # 3 states sent within 0.3 ms: the simulator bunched them
+    bunched = gap(**kernel, prev_sent_ns=12 * MS, sent_ns=12 * MS + 300_000, call_ns=12 * MS + 310_000)
+    assert classify(bunched, ROLES) == ("simulator", "it sent 3 states within 300 us")
+    # one stamp missing: the older rule
+    assert classify(dataclasses.replace(late_wake, prev_sent_ns=-1), ROLES)[0] == "simulator"
+
+
 @pytest.mark.parametrize("probe, expected", [
     (FUTEX, "GIL wait"),
     (next(iter(EPOLL)), "host"),

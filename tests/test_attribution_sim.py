@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -45,3 +48,44 @@ async def test_a_callback_that_holds_the_loop_is_named_event_loop_late(robot):
     assert stall.call_ns - stall.due_ns >= stall.period_ns  # the loop called late
     category, detail = classify(stall, {loop: "loop"})
     assert category == "event loop late", (category, detail, stall)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                    reason="kernel serving needs the rescue thread: x86-64 Linux")
+async def test_a_frozen_process_is_a_late_reader_not_a_late_simulator(robot):
+    """The whole process stopped for 4 ms while the simulator kept sending: the
+    kernel thread, asleep in poll throughout, reads the newest of several
+    states. The send stamps show them sent a period apart, so the gap is the
+    reader's (host), not the simulator's, which the older rule said."""
+    controller = Controller(robot, serve="kernel")
+    await controller.start()
+    reader = GapReader(controller._kernel)
+    gaps = []
+    try:
+        await controller.wait(0.3)
+        reader.start()
+        await controller.wait(0.05)
+        for _ in range(5):
+            subprocess.run([sys.executable, "-c", FREEZE, str(os.getpid())], check=True, timeout=30)
+            await controller.wait(0.1)
+            gaps += reader.read()
+            if any(g.lost >= 2 for g in gaps):
+                break
+    finally:
+        await controller.stop()
+    assert any(g.lost >= 2 for g in gaps), f"no freeze cost 2 states: {gaps}"
+    frozen = max(gaps, key=lambda g: g.lost)
+    assert frozen.kind == 2 and 0 < frozen.prev_sent_ns < frozen.sent_ns <= frozen.read_ns
+    # the states were sent about a period apart while nothing read them
+    assert frozen.sent_ns - frozen.prev_sent_ns >= frozen.lost * frozen.period_ns * 0.7
+    category, detail = classify(frozen)
+    assert category == "host" and "asleep while a state waited in the socket" in detail, (category, detail)
+
+
+FREEZE = """
+import os, signal, sys, time
+pid = int(sys.argv[1])
+os.kill(pid, signal.SIGSTOP)
+time.sleep(0.004)
+os.kill(pid, signal.SIGCONT)
+"""

@@ -50,7 +50,9 @@ class Gap:
     its own previous cycle and this call (CPU time, run-queue wait, wall
     time; -1 unknown). ``probe``: what the watch thread found the loop's
     thread in when the cycle was overdue (-1 running, -2 not probed, else a
-    system call number), at ``probe_ns``.
+    system call number), at ``probe_ns``. ``sent_ns``, ``prev_sent_ns``: when the
+    state read, and the one read in the cycle before, were sent (the socket's
+    receive stamp, taken in the sender's ``sendto`` on loopback; -1 unknown).
     """
 
     time_ms: int
@@ -70,6 +72,8 @@ class Gap:
     probe: int
     probe_ns: int
     period_ns: int
+    sent_ns: int = -1
+    prev_sent_ns: int = -1
 
     @property
     def lost(self) -> int:
@@ -120,6 +124,16 @@ def _classify_kernel(gap: Gap, late: int) -> tuple[str, str]:
         return "host", f"the kernel thread was runnable but not running for {gap.delay_ns / 1000:.0f} us"
     if gap.cpu_ns >= 0 and gap.cpu_ns * 2 >= late:
         return "host", f"the kernel thread ran {gap.cpu_ns / 1000:.0f} us since its last cycle"
+    if gap.sent_ns > 0 and gap.prev_sent_ns > 0:
+        # The thread slept in poll. The states between the two it read: sent a
+        # period apart, one of them waited in the socket for a late wake-up;
+        # sent together, the simulator bunched them.
+        span = gap.sent_ns - gap.prev_sent_ns
+        period = gap.period_ns if gap.period_ns > 0 else 1_000_000
+        if span * 2 < (gap.lost + 1) * period:
+            return "simulator", f"it sent {gap.lost + 1} states within {span / 1000:.0f} us"
+        return "host", (f"asleep while a state waited in the socket ({gap.lost + 1} states sent over "
+                        f"{span / 1000:.0f} us, the newest read {(gap.call_ns - gap.sent_ns) / 1000:.0f} us after)")
     if gap.window_ns >= 0 and gap.delay_ns >= 0 and gap.cpu_ns >= 0:
         asleep = gap.window_ns - gap.delay_ns - gap.cpu_ns
         if asleep * 2 >= gap.window_ns:
