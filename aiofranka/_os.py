@@ -20,6 +20,7 @@ import threading
 __all__ = [
     "IS_LINUX",
     "allowed_cpus",
+    "cpu_wake_latency",
     "demote_to_normal",
     "fifo_priority",
     "fifo_priority_above",
@@ -252,6 +253,54 @@ class _LoopThreadDemotion:
             restore_thread_scheduling(held[1])
 
 
+class _CpuWakeLatency:
+    """A PM QoS request (``/dev/cpu_dma_latency``) while any controller runs.
+
+    An idle CPU in a deep idle state, or an idle vCPU halted in its hypervisor,
+    can take milliseconds to wake for the state that just arrived; the request
+    keeps idle CPUs in states they leave at once (at 0: polling). The kernel
+    holds it while the descriptor is open; the last session to end closes it.
+    Where the file is absent or not writable (needs root), nothing is requested.
+    """
+
+    PATH = "/dev/cpu_dma_latency"
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._active: list[int] = []
+
+    def enter(self, microseconds: int) -> int | None:
+        """Request ``microseconds``; the value in force after (None: no request could be made)."""
+        self._active.append(microseconds)
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.PATH, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        return self._write()
+
+    def leave(self, microseconds: int) -> None:
+        if microseconds not in self._active:
+            return
+        self._active.remove(microseconds)
+        if self._fd is None:
+            return
+        if self._active:
+            self._write()
+        else:
+            os.close(self._fd)
+            self._fd = None
+
+    def _write(self) -> int | None:
+        value = min(self._active)
+        try:
+            os.write(self._fd, value.to_bytes(4, sys.byteorder, signed=True))
+        except OSError:
+            return None
+        return value
+
+
 switch_interval = _SwitchInterval()
 gc_freezer = _GcFreezer()
+cpu_wake_latency = _CpuWakeLatency()
 loop_thread_demotion = _LoopThreadDemotion()

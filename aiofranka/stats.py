@@ -176,6 +176,9 @@ class LoopStats:
       ``kernel_cycles``: cycles the C thread served that way (counted in ``cycles``);
       ``serve_cpu``: the CPU it was last seen on (-1: unknown) and ``serve_moves``:
       how often placement moved it off a busy CPU (docs/kernel-serving.md#placement).
+    * ``cpu_wake_latency_us``: the PM QoS wake-up latency requested for the
+      session (µs; None: none, by choice or for want of permission;
+      docs/controller.md#cpu-wake-latency).
     """
 
     cycles: int
@@ -205,6 +208,7 @@ class LoopStats:
     kernel_cycles: int = 0
     serve_cpu: int = -1
     serve_moves: int = 0
+    cpu_wake_latency_us: int | None = None
 
     @property
     def lost_fraction(self) -> float:
@@ -241,6 +245,8 @@ class LoopStats:
                                    f"longest {self.longest_takeover_ms:.1f} ms)"),
             ("rescue thread", f"{self.rescue}: {self.rescues} rescues ({self.rescued_cycles} cycles served, "
                               f"longest {self.longest_rescue_ms:.1f} ms)"),
+            ("CPU wake-up latency", "not requested" if self.cpu_wake_latency_us is None
+             else f"{self.cpu_wake_latency_us} us requested"),
         ]
         rows += [("  culprit", f"{c.count}x, longest {c.longest_ms:.1f} ms: {c.culprit}") for c in self.culprits[:5]]
         width = max(len(name) for name, _ in rows)

@@ -226,6 +226,35 @@ def test_the_c_thread_is_real_time_when_the_loop_runs_on_a_plain_thread(robot):
     assert seen["serving"] == (os.SCHED_FIFO, robot.rt_priority + 2)
 
 
+def _cpu_latency_request() -> int:
+    with open("/dev/cpu_dma_latency", "rb") as f:
+        return int.from_bytes(f.read(4), sys.byteorder, signed=True)
+
+
+async def test_idle_cpus_are_asked_to_wake_at_once_for_the_session(robot):
+    """A halted idle vCPU here took up to 8 ms to take the wake-up for a state
+    that had arrived (ftrace: the IPI handled 8 ms after the simulator's send),
+    and the kernel thread, asleep in poll, lost the states in between. For the
+    session a PM QoS request keeps idle CPUs polling; it ends with the session."""
+    for bad in (-1e-6, 0.5, "0"):
+        with pytest.raises(ValueError, match="cpu_wake_latency"):
+            Controller(robot, cpu_wake_latency=bad)
+    if not os.access("/dev/cpu_dma_latency", os.W_OK):
+        pytest.skip("no PM QoS here (needs /dev/cpu_dma_latency, writable by root)")
+    before = _cpu_latency_request()
+    async with Controller(robot, serve="kernel") as first:
+        await first.wait(0.05)
+        assert _cpu_latency_request() == 0 and first.stats.cpu_wake_latency_us == 0
+    assert _cpu_latency_request() == before
+    async with Controller(robot, cpu_wake_latency=None) as controller:
+        await controller.wait(0.05)
+        assert _cpu_latency_request() == before and controller.stats.cpu_wake_latency_us is None
+    async with Controller(robot, cpu_wake_latency=20e-6, serve="loop") as controller:
+        await controller.wait(0.05)
+        assert _cpu_latency_request() == 20 and controller.stats.cpu_wake_latency_us == 20
+    assert _cpu_latency_request() == before
+
+
 async def test_a_restart_serves_from_the_kernel_again(robot):
     controller = Controller(robot, serve="kernel")
     for _ in range(2):

