@@ -178,7 +178,7 @@ class LoopStats:
       how often placement moved it off a busy CPU (docs/kernel-serving.md#placement).
     * ``cpu_wake_latency_us``: the PM QoS wake-up latency requested for the
       session (µs; None: none, by choice or for want of permission;
-      docs/controller.md#cpu-wake-latency).
+      docs/controller.md#cpu-wake-up-latency).
     """
 
     cycles: int

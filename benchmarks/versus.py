@@ -9,6 +9,8 @@ enforced) and a fresh child process that holds the start pose for
 * ``ours-loop``: the same with ``serve="loop"`` (the event loop serves every
   cycle, backed by the guardian and the rescue thread);
 * ``ours-uvloop``: ``ours`` under uvloop;
+* ``ours-no-qos``: ``ours`` without its PM QoS request (``cpu_wake_latency=None``:
+  idle CPUs may halt between states), not in the default set;
 * ``legacy``: aiofranka 0.9.0's native C++ loop (``NativeFrankaController``),
   run with the interpreter of ``--legacy-venv``;
 * ``bare``: a bare pylibfranka loop as an asyncio task (read, joint
@@ -56,12 +58,14 @@ from _common import blocker, make_mlp, paced, spin_count  # noqa: E402
 LOADS = ("L0", "L1", "L2", "L3", "L4")
 LOAD_NAMES = {"L0": "idle", "L1": "pure-Python thread spinning", "L2": "event loop blocked 30 ms once a second",
               "L3": "torch MLP at 30 Hz via CudaInferenceThread", "L4": "224x224x3 obs to an mpify policy at 30 Hz"}
-CONTENDERS = ("ours", "ours-loop", "ours-uvloop", "legacy", "bare", "franka-rs")
+CONTENDERS = ("ours", "ours-loop", "ours-uvloop", "ours-no-qos", "legacy", "bare", "franka-rs")
+DEFAULT_CONTENDERS = tuple(c for c in CONTENDERS if c != "ours-no-qos")
 POLICY_HZ = 30.0
 SETTLE_S = 1.0
 #: Seconds a run takes beyond --seconds (simulator and child start, connection, settle, stop),
 #: measured here: by contender, plus more for a load that imports torch or starts a child.
-OVERHEAD_S = {"ours": 2.0, "ours-loop": 2.0, "ours-uvloop": 2.0, "bare": 2.0, "franka-rs": 2.0, "legacy": 5.5}
+OVERHEAD_S = {"ours": 2.0, "ours-loop": 2.0, "ours-uvloop": 2.0, "ours-no-qos": 2.0, "bare": 2.0, "franka-rs": 2.0,
+              "legacy": 5.5}
 LOAD_OVERHEAD_S = {"L0": 0.0, "L1": 0.0, "L2": 0.0, "L3": 1.5, "L4": 0.5}
 #: franka-rs has no offload helpers of its own (CudaInferenceThread, mpify): L3 and L4 are not run with it.
 UNSUPPORTED = {("franka-rs", "L3"), ("franka-rs", "L4")}
@@ -200,6 +204,7 @@ class Ours:
     the rescue thread runs; ``"loop"``: the event loop serves each cycle)."""
 
     serve: str | None = None
+    options: dict = {}
 
     def __init__(self, host: str) -> None:
         from aiofranka import Controller, Robot
@@ -207,7 +212,7 @@ class Ours:
 
         self.loop_tid = threading.get_native_id()  # the event loop's thread serves the cycles
         self.robot = Robot(host, franka_sim=True)
-        self.controller = Controller(self.robot, **({"serve": self.serve} if self.serve else {}))
+        self.controller = Controller(self.robot, **({"serve": self.serve} if self.serve else {}), **self.options)
         self.reader = GapReader(self.controller._kernel)
         self.gaps: list = []
         self.recording = False
@@ -421,8 +426,14 @@ class OursLoop(Ours):
     serve = "loop"
 
 
-DRIVERS = {"ours": Ours, "ours-uvloop": Ours, "ours-loop": OursLoop, "bare": Bare, "legacy": Legacy,
-           "franka-rs": FrankaRs}
+class OursNoQos(Ours):
+    """Ours without the PM QoS request: idle CPUs may halt between states (docs/controller.md#cpu-wake-up-latency)."""
+
+    options = {"cpu_wake_latency": None}
+
+
+DRIVERS = {"ours": Ours, "ours-uvloop": Ours, "ours-loop": OursLoop, "ours-no-qos": OursNoQos, "bare": Bare,
+           "legacy": Legacy, "franka-rs": FrankaRs}
 
 
 async def child_main(contender: str, load_name: str, seconds: float, host: str, torch_threads: int = 0) -> dict:
@@ -639,8 +650,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--loads", type=lambda t: parse_list(t, LOADS, "--loads"), default=list(LOADS),
                         help="comma-separated loads (default all: L0,L1,L2,L3,L4)")
     parser.add_argument("--contenders", type=lambda t: parse_list(t, CONTENDERS, "--contenders"),
-                        default=list(CONTENDERS),
-                        help=f"comma-separated contenders (default all: {','.join(CONTENDERS)})")
+                        default=list(DEFAULT_CONTENDERS),
+                        help=f"comma-separated contenders from {','.join(CONTENDERS)} "
+                             f"(default: {','.join(DEFAULT_CONTENDERS)})")
     parser.add_argument("--legacy-venv", help="a venv with aiofranka==0.9.0 (and torch) installed")
     parser.add_argument("--franka-rs-venv", help="a venv with franka-rs installed")
     parser.add_argument("--floor-seconds", type=float, default=3.0,

@@ -72,7 +72,7 @@ class Controller:
     leaves it to the scheduler; docs/kernel-serving.md#placement);
     ``cpu_wake_latency`` (s an idle CPU may take to wake while a session runs, a
     PM QoS request: 0 keeps idle CPUs polling, ``None`` leaves the system's
-    setting; needs root, docs/controller.md#cpu-wake-latency).
+    setting; needs root, docs/controller.md#cpu-wake-up-latency).
 
     Example::
 
