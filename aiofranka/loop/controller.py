@@ -685,7 +685,7 @@ class Controller:
                 cycle.kernel_serve = False
                 cycle.attach(self._loop)
                 self._start_guardian(self._loop)
-            elif cycle.kernel_serve and not __import__("os").environ.get("AF_NODEMOTE"):
+            elif cycle.kernel_serve:
                 # No cycle waits on this thread now: its Python must not outrank
                 # the simulator's or the user's threads (docs/kernel-serving.md).
                 _os.loop_thread_demotion.enter()
