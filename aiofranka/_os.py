@@ -234,7 +234,7 @@ class _LoopThreadDemotion:
             return
         saved = thread_scheduling(tid)
         try:
-            if saved is None or tid in self._kept or _policy(0) not in (os.SCHED_FIFO, os.SCHED_RR):
+            if saved is None or tid in self._kept or saved[1] & ~_RESET_ON_FORK not in (os.SCHED_FIFO, os.SCHED_RR):
                 saved = None
             else:
                 set_normal(reset_on_fork=bool(saved[1] & _RESET_ON_FORK))
