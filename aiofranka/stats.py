@@ -174,8 +174,9 @@ class LoopStats:
       every cycle, Python only publishes targets, docs/kernel-serving.md;
       ``"loop"``: the event loop, backed by the guardian and the rescue thread);
       ``kernel_cycles``: cycles the C thread served that way (counted in ``cycles``);
-      ``serve_cpu``: the CPU it was last seen on (-1: unknown) and ``serve_moves``:
-      how often placement moved it off a busy CPU (docs/kernel-serving.md#placement).
+      ``serve_cpu``: the CPU it was last seen on (-1: unknown), ``serve_moves``:
+      how often placement moved it, and ``serve_follows``: whether it keeps to
+      the CPU the states arrive on (docs/kernel-serving.md#placement).
     * ``cpu_wake_latency_us``: the PM QoS wake-up latency requested for the
       session (µs; None: none, by choice or for want of permission;
       docs/controller.md#cpu-wake-up-latency).
@@ -208,6 +209,7 @@ class LoopStats:
     kernel_cycles: int = 0
     serve_cpu: int = -1
     serve_moves: int = 0
+    serve_follows: bool = False
     cpu_wake_latency_us: int | None = None
 
     @property
@@ -228,7 +230,8 @@ class LoopStats:
         if self.serve == "kernel":
             # The C thread keeps no per-cycle histograms; the recorder has each cycle's compute_us.
             rows += [("served by", f"kernel ({self.kernel_cycles} cycles; per-cycle timings: controller.record)"),
-                     ("serving CPU", f"{self.serve_cpu} ({self.serve_moves} moves)")]
+                     ("serving CPU", f"{self.serve_cpu} ({self.serve_moves} moves"
+                                     f"{', following the states' if self.serve_follows else ''})")]
         else:
             rows += [
                 ("compute (read->write)", str(self.compute)),

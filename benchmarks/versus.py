@@ -11,6 +11,9 @@ enforced) and a fresh child process that holds the start pose for
 * ``ours-uvloop``: ``ours`` under uvloop;
 * ``ours-no-qos``: ``ours`` without its PM QoS request (``cpu_wake_latency=None``:
   idle CPUs may halt between states), not in the default set;
+* ``ours-least-busy``: ``ours`` with ``serve_cpu="least-busy"``: the serving
+  thread keeps off busy CPUs but does not follow the states' CPU, not in the
+  default set;
 * ``legacy``: aiofranka 0.9.0's native C++ loop (``NativeFrankaController``),
   run with the interpreter of ``--legacy-venv``;
 * ``bare``: a bare pylibfranka loop as an asyncio task (read, joint
@@ -58,13 +61,14 @@ from _common import blocker, make_mlp, paced, spin_count  # noqa: E402
 LOADS = ("L0", "L1", "L2", "L3", "L4")
 LOAD_NAMES = {"L0": "idle", "L1": "pure-Python thread spinning", "L2": "event loop blocked 30 ms once a second",
               "L3": "torch MLP at 30 Hz via CudaInferenceThread", "L4": "224x224x3 obs to an mpify policy at 30 Hz"}
-CONTENDERS = ("ours", "ours-loop", "ours-uvloop", "ours-no-qos", "legacy", "bare", "franka-rs")
-DEFAULT_CONTENDERS = tuple(c for c in CONTENDERS if c != "ours-no-qos")
+CONTENDERS = ("ours", "ours-loop", "ours-uvloop", "ours-no-qos", "ours-least-busy", "legacy", "bare", "franka-rs")
+DEFAULT_CONTENDERS = tuple(c for c in CONTENDERS if c not in ("ours-no-qos", "ours-least-busy"))
 POLICY_HZ = 30.0
 SETTLE_S = 1.0
 #: Seconds a run takes beyond --seconds (simulator and child start, connection, settle, stop),
 #: measured here: by contender, plus more for a load that imports torch or starts a child.
-OVERHEAD_S = {"ours": 2.0, "ours-loop": 2.0, "ours-uvloop": 2.0, "ours-no-qos": 2.0, "bare": 2.0, "franka-rs": 2.0,
+OVERHEAD_S = {"ours": 2.0, "ours-loop": 2.0, "ours-uvloop": 2.0, "ours-no-qos": 2.0, "ours-least-busy": 2.0,
+              "bare": 2.0, "franka-rs": 2.0,
               "legacy": 5.5}
 LOAD_OVERHEAD_S = {"L0": 0.0, "L1": 0.0, "L2": 0.0, "L3": 1.5, "L4": 0.5}
 #: franka-rs has no offload helpers of its own (CudaInferenceThread, mpify): L3 and L4 are not run with it.
@@ -432,7 +436,14 @@ class OursNoQos(Ours):
     options = {"cpu_wake_latency": None}
 
 
-DRIVERS = {"ours": Ours, "ours-uvloop": Ours, "ours-loop": OursLoop, "ours-no-qos": OursNoQos, "bare": Bare,
+class OursLeastBusy(Ours):
+    """Ours with the earlier default placement: off a busy CPU, not after the states (docs/kernel-serving.md#placement)."""
+
+    options = {"serve_cpu": "least-busy"}
+
+
+DRIVERS = {"ours": Ours, "ours-uvloop": Ours, "ours-loop": OursLoop, "ours-no-qos": OursNoQos,
+           "ours-least-busy": OursLeastBusy, "bare": Bare,
            "legacy": Legacy, "franka-rs": FrankaRs}
 
 

@@ -160,11 +160,12 @@ typedef struct {
     long long k_ramp_left, k_ramp_total; /* -1: no ramp */
     int k_failed;                        /* the law's output was not finite: ramped to zero at once */
     double k_extra[14];                  /* tau_J and tau_ext_hat_filtered of the last state served */
-    /* Placement of the C thread (place.c): p_mode PLACE_AUTO, PLACE_OFF or a CPU to pin to. */
+    /* Placement of the C thread (place.c): p_mode PLACE_AUTO, PLACE_OFF, PLACE_LEAST_BUSY or a CPU to pin to. */
     int p_mode;
     struct place *place;
     atomic_int p_cpu;
     atomic_llong p_moves;
+    atomic_int p_follows; /* the states' CPU is known and followed */
     /* The recorder (record.c): rows of rec_width float64 in rec_rows, one per
      * cycle written while rec_on; rec_col[f] is field f's first column or -1. */
     Py_buffer rec_view;
@@ -256,10 +257,12 @@ extern PyGetSetDef Kernel_schedule_getset[];
 /* place.c */
 #define PLACE_AUTO (-1)
 #define PLACE_OFF (-2)
+#define PLACE_LEAST_BUSY (-3)
 int place_open(Kernel *self);
 void place_close(Kernel *self);
 void place_thread_start(Kernel *self);
 void place_tick(Kernel *self);
+void place_peer(Kernel *self);
 PyObject *Kernel_place(Kernel *self, PyObject *arg);
 PyObject *Kernel_place_status(Kernel *self, PyObject *ignored);
 

@@ -1,20 +1,23 @@
 /* Placement of the serving thread (see docs/kernel-serving.md#placement).
  *
  * Linux wakes a real-time thread on the CPU it last ran on whenever the task
- * running there is not real-time itself, so the serving thread can stay for
- * good on the CPU of a user's busy thread (a policy, a data loader), taking it
- * off that CPU ~1,000 times a second while another CPU idles. With
- * placement "auto" the thread looks at /proc/stat twice a second, after a
- * cycle is written: if its CPU was busy with other work (its own time taken
- * out) and an allowed CPU was clearly less busy, it moves there (affinity to
- * that CPU, then back to the whole allowed set, so the scheduler stays free
- * to move it again). A CPU number pins it instead; "off" leaves it alone.
+ * running there is not real-time itself, and not where the state that woke it
+ * arrived. "auto" keeps the thread on the CPU the states come in on
+ * (place_peer, follow_tick): the datagram's wake-up then needs no interrupt to
+ * another CPU, which a halted or descheduled vCPU can take milliseconds to
+ * answer. Where the socket cannot tell that CPU, "auto" does what
+ * "least-busy" does: the thread looks at /proc/stat twice a second, after a
+ * cycle is written, and if its CPU was busy with other work (its own time
+ * taken out) while an allowed CPU was clearly less busy, it moves there
+ * (affinity to that CPU, then back to the whole allowed set, so the scheduler
+ * stays free to move it again). A CPU number pins it; "off" leaves it alone.
  * No allocation on the serving path: the buffers are made by place_open.
  * Whatever the mode, the thread notes its CPU twice a second (stats.serve_cpu). */
 #include "kernel.h"
 
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -32,6 +35,7 @@ struct place {
     long long next_ns, own_ns;
     long long busy[PLACE_CPUS], total[PLACE_CPUS];
     int have; /* a first sample was taken */
+    int peer;  /* follow: 1 the socket was connected to the states' sender, -1 it could not be */
     char buf[PLACE_BUF];
 };
 
@@ -52,6 +56,7 @@ int place_open(Kernel *self) {
         return -1;
     }
     p->fd = -1;
+    atomic_store(&self->p_follows, 0);
     if (sched_getaffinity(0, sizeof p->allowed, &p->allowed) < 0) CPU_ZERO(&p->allowed);
     if (self->p_mode >= 0 && (self->p_mode >= CPU_SETSIZE || !CPU_ISSET(self->p_mode, &p->allowed))) {
         PyErr_Format(PyExc_ValueError, "serve_cpu=%d is not a CPU this process may run on", self->p_mode);
@@ -83,6 +88,41 @@ void place_thread_start(Kernel *self) {
         move_to(NULL, self->p_mode);
         atomic_store(&self->p_cpu, sched_getcpu());
     }
+}
+
+/* "auto", before a state is read, on the serving thread. Linux notes which
+ * CPU received a socket's datagrams (SO_INCOMING_CPU) only for a connected UDP
+ * socket, so the first time a state waits, libfranka's socket is connected to
+ * its sender: the robot, the one peer that writes to it, at the address
+ * libfranka's sendto names anyway. It stays connected: undoing it (AF_UNSPEC)
+ * would also release the socket's port, bound as port 0, and the robot's
+ * next states would find no socket. */
+void place_peer(Kernel *self) {
+    struct place *p = self->place;
+    if (!p || self->p_mode != PLACE_AUTO || p->peer) return;
+    struct sockaddr_storage from;
+    socklen_t len = sizeof from;
+    char byte;
+    if (recvfrom(self->r_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT, (struct sockaddr *)&from, &len) < 0) return;
+    p->peer = connect(self->r_fd, (struct sockaddr *)&from, len) == 0 ? 1 : -1;
+}
+
+/* "auto", after each cycle written: pinned to the CPU the last state came in
+ * on; 0 where the socket cannot tell. franka-sim's sending thread hops between CPUs (here ~100 times a
+ * second), so the check is per cycle (one getsockopt); a move is one more system
+ * call, made after the command is out. */
+static int follow_tick(Kernel *self, struct place *p) {
+    int cpu = -1;
+    socklen_t len = sizeof cpu;
+    if (p->peer <= 0 || getsockopt(self->r_fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &len) < 0 || cpu < 0 ||
+        cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &p->allowed))
+        return 0;
+    if (!atomic_load(&self->p_follows)) atomic_store(&self->p_follows, 1);
+    if (cpu == sched_getcpu()) return 1;
+    move_to(NULL, cpu);
+    atomic_fetch_add(&self->p_moves, 1);
+    atomic_store(&self->p_cpu, cpu);
+    return 1;
 }
 
 /* Reads /proc/stat's per-CPU lines into busy/total (clock ticks); the number of CPUs read. */
@@ -117,12 +157,13 @@ static int read_stat(struct place *p, long long *busy, long long *total) {
 void place_tick(Kernel *self) {
     struct place *p = self->place;
     if (!p) return;
+    int followed = self->p_mode == PLACE_AUTO && follow_tick(self, p);
     long long now = now_ns();
     if (now < p->next_ns) return;
     p->next_ns = now + PLACE_EVERY_NS;
     int cur = sched_getcpu();
     atomic_store(&self->p_cpu, cur); /* for stats.serve_cpu, whatever the mode */
-    if (self->p_mode != PLACE_AUTO || !p->ncpu) return;
+    if (followed || (self->p_mode != PLACE_AUTO && self->p_mode != PLACE_LEAST_BUSY) || !p->ncpu) return;
     static __thread long long busy[PLACE_CPUS], total[PLACE_CPUS];
     if (!read_stat(p, busy, total)) return;
     long long own = thread_cpu_ns();
@@ -156,19 +197,21 @@ void place_tick(Kernel *self) {
     p->have = 1;
 }
 
-/* place(mode): -1 auto, -2 off, or a CPU to pin to; takes effect at the next rescue_start. */
+/* place(mode): -1 auto, -2 off, -3 least-busy, or a CPU to pin to; takes effect at the next rescue_start. */
 PyObject *Kernel_place(Kernel *self, PyObject *arg) {
     long mode = PyLong_AsLong(arg);
     if (mode == -1 && PyErr_Occurred()) return NULL;
-    if (mode < PLACE_OFF || mode >= CPU_SETSIZE) {
-        PyErr_Format(PyExc_ValueError, "place: -1 (auto), -2 (off) or a CPU number, got %ld", mode);
+    if (mode < PLACE_LEAST_BUSY || mode >= CPU_SETSIZE) {
+        PyErr_Format(PyExc_ValueError, "place: -1 (auto), -2 (off), -3 (least-busy) or a CPU number, got %ld", mode);
         return NULL;
     }
     self->p_mode = (int)mode;
     Py_RETURN_NONE;
 }
 
-/* place_status() -> (cpu, moves): the CPU the C thread was last seen on (-1: not yet) and its moves. */
+/* place_status() -> (cpu, moves, follows): the CPU the C thread was last seen on
+ * (-1: not yet), its moves, and whether it follows the states' CPU. */
 PyObject *Kernel_place_status(Kernel *self, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("(iL)", atomic_load(&self->p_cpu), (long long)atomic_load(&self->p_moves));
+    return Py_BuildValue("(iLO)", atomic_load(&self->p_cpu), (long long)atomic_load(&self->p_moves),
+                         atomic_load(&self->p_follows) ? Py_True : Py_False);
 }

@@ -171,6 +171,7 @@ static void serve_states(Kernel *self) {
     if (!atomic_load(&self->r_run) || !atomic_load(&self->k_primary) || atomic_load(&self->finished) ||
         atomic_load(&self->r_error_kind))
         return;
+    place_peer(self);
     if (rescue_cycle(self, 1) < 0) {
         if (self->k_wake >= 0) event_signal(self->k_wake); /* Python raises libfranka's error */
         return;

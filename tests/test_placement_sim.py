@@ -68,8 +68,8 @@ async def wait_for_moves(controller, moves: int, seconds: float) -> bool:
     return False
 
 
-async def test_the_serving_thread_moves_off_a_cpu_another_process_keeps_busy(robot):
-    async with Controller(robot, serve="kernel") as controller:
+async def test_least_busy_moves_the_serving_thread_off_a_cpu_another_process_keeps_busy(robot):
+    async with Controller(robot, serve="kernel", serve_cpu="least-busy") as controller:
         await controller.wait(0.6)  # a first /proc/stat sample taken
         cpu, moves = controller.stats.serve_cpu, controller.stats.serve_moves
         assert cpu in os.sched_getaffinity(0)
@@ -112,8 +112,81 @@ async def test_serve_cpu_pins_the_serving_thread(robot):
     assert stats.kernel_cycles >= 200
 
 
+@contextlib.contextmanager
+def simulator_on(robot, cpu: int):
+    """Every thread of the embedded simulator's process kept to ``cpu`` (its states then come in there)."""
+    pid = robot.simulator.pid
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    everywhere = os.sched_getaffinity(pid)
+    try:
+        for tid in tids:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, {cpu})
+        yield
+    finally:
+        for tid in tids:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, everywhere)
+
+
+async def wait_for_cpu(controller, cpu: int, seconds: float) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if controller.stats.serve_cpu == cpu and serving_thread_affinity() == {cpu}:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_auto_serves_from_the_cpu_the_states_arrive_on(robot):
+    if robot.simulator is None or robot.simulator.pid is None:
+        pytest.skip("needs the embedded simulator's process")
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    with simulator_on(robot, first):
+        async with Controller(robot, serve="kernel") as controller:
+            # Wherever it starts, it ends up on (and kept to) the CPU the states come in on.
+            await controller.wait(0.3)
+            with simulator_on(robot, second):
+                on_second = await wait_for_cpu(controller, second, 3.0)
+                moves = controller.stats.serve_moves
+            on_first = await wait_for_cpu(controller, first, 3.0)
+            stats = controller.stats
+    assert on_second, f"the states came in on CPU {second}, the thread served from {stats.serve_cpu}"
+    assert on_first, f"the states came in on CPU {first} again, the thread served from {stats.serve_cpu}"
+    assert moves >= 1 and stats.serve_moves > moves and stats.serve_follows
+    assert stats.lost_cycles <= 20, stats.table()
+
+
+async def test_auto_connects_libfrankas_socket_to_the_robot_and_later_sessions_run(robot):
+    """Following the states connects libfranka's socket to its one sender, the robot, for good.
+
+    Undoing it would release the socket's port (bound as port 0): a regression
+    there shows as the later sessions timing out.
+    """
+    import socket
+
+    def peer():
+        sock = socket.socket(fileno=os.dup(robot.state_fd))
+        try:
+            return sock.getpeername()
+        except OSError:
+            return None
+        finally:
+            sock.close()
+
+    async with Controller(robot, serve="kernel") as controller:
+        await controller.wait(0.2)
+        during = peer()
+    assert during is not None  # SO_INCOMING_CPU is kept only for a connected socket
+    for options in ({}, {"serve": "loop"}, {"serve_cpu": None}):
+        async with Controller(robot, **options) as controller:
+            await controller.wait(0.3)
+            stats = controller.stats
+        assert stats.cycles >= 200 and stats.lost_cycles <= 20, (options, stats.table())
+    assert peer() == during
+
+
 def test_the_serve_cpu_option_names_itself(robot):
-    with pytest.raises(TypeError, match="serve_cpu must be 'auto', None or a CPU number"):
+    with pytest.raises(TypeError, match="serve_cpu must be 'auto', 'least-busy', None or a CPU number"):
         Controller(robot, serve_cpu="fast")
     with pytest.raises(TypeError, match="serve_cpu"):
         Controller(robot, serve_cpu=True)

@@ -544,7 +544,7 @@ class Cycle(KernelServing):
         robot_time = (self.buf.time_ms - self.robot_start_ms) / 1000.0 if self.robot_start_ms >= 0 else 0.0
         lost, rescued, rescues, longest_rescue_ns, _, _ = self.kernel.counters()
         served = self.kernel_cycles()
-        cpu, moves = self.kernel.place_status()
+        cpu, moves, follows = self.kernel.place_status()
         schedule = self.schedule
         return LoopStats(
             cycles=self.cycles + rescued + served,
@@ -574,6 +574,7 @@ class Cycle(KernelServing):
             kernel_cycles=served,
             serve_cpu=cpu,
             serve_moves=moves,
+            serve_follows=follows,
             cpu_wake_latency_us=cpu_wake_latency_us,
         )
 

@@ -67,9 +67,10 @@ class Controller:
     only publishes targets, docs/kernel-serving.md; ``"loop"``: the event loop
     serves each cycle, backed by the guardian and the rescue thread; ``"auto"``:
     the kernel where the rescue thread can run, else the loop); ``serve_cpu``
-    (where that C thread runs: ``"auto"`` moves it off a CPU another thread
-    keeps busy when another CPU has room, an int pins it to that CPU, ``None``
-    leaves it to the scheduler; docs/kernel-serving.md#placement);
+    (where that C thread runs: ``"auto"`` keeps it on the CPU the states arrive
+    on, or where that is unknown does what ``"least-busy"`` does: move it off a
+    CPU another thread keeps busy when another CPU has room; an int pins it to
+    that CPU, ``None`` leaves it to the scheduler; docs/kernel-serving.md#placement);
     ``cpu_wake_latency`` (s an idle CPU may take to wake while a session runs, a
     PM QoS request: 0 keeps idle CPUs polling, ``None`` leaves the system's
     setting; needs root, docs/controller.md#cpu-wake-up-latency).
@@ -759,13 +760,15 @@ FrankaController = Controller
 
 
 def _place_mode(serve_cpu) -> int:
-    """The kernel's placement code for ``serve_cpu`` (-1 auto, -2 off, else the CPU), validated."""
+    """The kernel's placement code for ``serve_cpu`` (-1 auto, -2 off, -3 least-busy, else the CPU), validated."""
     if serve_cpu == "auto":
         return -1
+    if serve_cpu == "least-busy":
+        return -3
     if serve_cpu is None:
         return -2
     if isinstance(serve_cpu, bool) or not isinstance(serve_cpu, int):
-        raise TypeError(f"serve_cpu must be 'auto', None or a CPU number, got {serve_cpu!r}")
+        raise TypeError(f"serve_cpu must be 'auto', 'least-busy', None or a CPU number, got {serve_cpu!r}")
     allowed = sorted(_os.allowed_cpus())
     if serve_cpu not in allowed:
         raise ValueError(f"serve_cpu must be one of the CPUs this process may run on {allowed}, got {serve_cpu}")
