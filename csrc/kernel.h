@@ -264,7 +264,7 @@ void place_close(Kernel *self);
 void place_thread_start(Kernel *self);
 void place_tick(Kernel *self);
 void place_peer(Kernel *self);
-PyObject *Kernel_place(Kernel *self, PyObject *arg);
+PyObject *Kernel_place(Kernel *self, PyObject *args);
 PyObject *Kernel_place_status(Kernel *self, PyObject *ignored);
 
 /* attrib.c */
