@@ -206,8 +206,7 @@ void place_tick(Kernel *self) {
                 target = c;
             }
         }
-        if (target >= 0 && load_cur >= PLACE_BUSY && best <= load_cur - PLACE_GAP) {
-            move_to(p, target);
+        if (target >= 0 && load_cur >= PLACE_BUSY && best <= load_cur - PLACE_GAP && move_to(p, target) == 0) {
             atomic_fetch_add(&self->p_moves, 1);
             atomic_store(&self->p_cpu, sched_getcpu());
             p->next_ns = now + 2 * PLACE_EVERY_NS; /* let the new placement show in the figures first */
